@@ -1,0 +1,110 @@
+"""The `dlswm` command. Thin: each command parses its options and calls into a subpackage.
+
+Commands that need torch import it inside their body, so `dlswm --help`, `play` and `bench` work
+from the base (torch-free) install.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from dlswm.errors import UserError
+
+app = typer.Typer(
+    name="dlswm",
+    help="Discrete Latent Space World Models: train Atari agents, export them to ONNX, run them on the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Preset(str, enum.Enum):
+    tiny = "tiny"
+    cpu = "cpu"
+    paper = "paper"
+
+
+PresetOption = Annotated[Preset, typer.Option("--preset", "-p", help="Named hyperparameter set.")]
+GameOption = Annotated[str, typer.Option("--game", "-g", help="Atari game, e.g. Pong or BankHeist.")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a config field: section.field=value.")]
+
+
+def require_torch(command: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"`dlswm {command}` needs torch: pip install 'dlswm[train]'", code=1) from None
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def info(
+    preset: PresetOption = Preset.paper,
+    game: GameOption = "Pong",
+    overrides: SetOption = [],  # noqa: B006 (typer reads the default, never mutates it)
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Parameters of every network, the training and inference totals, and inference MACs."""
+    from dlswm.config import resolve
+    from dlswm.runtime.atari import resolve_game
+
+    cfg = resolve(preset.value, game, overrides)
+    atari = resolve_game(cfg.env.game, cfg.env.full_action_space)
+    require_torch("info")
+    from dlswm.models import System
+    from dlswm.models.summary import summarize
+
+    summary = summarize(System(cfg, atari.num_actions))
+    report = {"preset": cfg.preset, "game": atari.name, "num_actions": atari.num_actions,
+              "config_digest": cfg.digest(), **summary}
+    if as_json:
+        print_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dlswm {cfg.preset} on {atari.name} ({atari.num_actions} actions)")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    table.add_column("at inference", justify="center")
+    for name, count in summary["components"].items():
+        table.add_row(name, f"{count:,}", "yes" if name in summary["inference_components"] else "")
+    table.add_section()
+    table.add_row("training total", f"{summary['training_params']:,}", "")
+    table.add_row("inference total", f"{summary['inference_params']:,}", "")
+    table.add_row("inference MACs (batch 1)", f"{summary['inference_macs']:,}", "")
+    Console().print(table)
+
+
+@app.command()
+def games() -> None:
+    """List the Atari games ale-py ships."""
+    from dlswm.runtime.atari import game_names
+
+    typer.echo("\n".join(game_names()))
+
+
+def main() -> None:
+    """Console entry point: every error the user can cause ends in one line on stderr, no traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.code)
+    except typer.TyperException as e:  # usage errors: bad option value, unknown command
+        if e.format_message():  # a bare `dlswm` has already printed its help: nothing to add
+            typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

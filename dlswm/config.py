@@ -1,0 +1,239 @@
+"""Every hyperparameter of dlswm, in typed dataclasses: the one source of truth.
+
+Presets: `tiny` (tests in seconds), `cpu` (a 2-core laptop, hours), `paper` (Robine et al.'s published
+architecture and schedule). Any field can be overridden as `section.field=value`. The resolved
+config is saved with every checkpoint and inside every exported model (`Config.to_dict`).
+
+Torch-free on purpose: the runtime reads configs out of ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+
+from dlswm.errors import UserError, close_matches_hint
+
+
+@dataclass
+class EnvConfig:
+    """The Atari 100k observation and evaluation protocol (ale_py AtariVectorEnv arguments)."""
+
+    game: str = "Pong"
+    frame_size: int = 96  # square grayscale frames
+    frame_stack: int = 4  # the article's stack of the 4 most recent frames
+    frameskip: int = 4
+    maxpool: bool = True  # max over the last two raw frames of each skip
+    grayscale: bool = True
+    noop_max: int = 30
+    repeat_action_probability: float = 0.0  # no sticky actions
+    max_episode_steps: int = 27_000  # 108,000 frames
+    full_action_space: bool = False  # minimal action set
+    fire_reset: bool = False  # press FIRE after reset (off: the agent learns to serve)
+
+
+@dataclass
+class VQVAEConfig:
+    channels: tuple[int, ...] = (32, 64, 128, 256)  # one 4x4 stride-2 conv each: 96 -> 6
+    res_blocks: int = 2
+    embedding_dim: int = 32
+    codebook_size: int = 128  # K
+    commitment_cost: float = 0.25
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    batch_size: int = 40
+    lr: float = 1e-4
+    warmup_epochs: int = 50  # on the first data, at lr * warmup_lr_scale
+    warmup_lr_scale: float = 10.0
+
+
+@dataclass
+class DynamicsConfig:
+    hidden_channels: int = 128
+    layers: int = 2
+    kernel_size: int = 5
+    reward_channels: int = 32
+    reward_hidden: int = 512
+    seq_len: int = 11
+    teacher_forcing_steps: int = 4  # later steps are fed the model's own samples
+    batch_size: int = 4
+    lr: float = 5e-4
+    reward_lr: float = 1e-3
+    reward_trunk_grad: float = 1e-6  # scale of the reward loss's gradient into the LSTM (released code)
+    # The article lets dynamics errors reach the embedding; the released code stops that gradient.
+    stop_embedding_grad: bool = False
+    vqvae_every: int = 2  # one VQ-VAE batch every this many dynamics batches
+
+
+@dataclass
+class PolicyConfig:
+    conv_channels: int = 64
+    kernel_size: int = 5
+    hidden: int = 512
+    collect_temperature: float = 1.5
+    eval_temperature: float = 0.5
+
+
+@dataclass
+class PPOConfig:
+    num_envs: int = 16  # imagined environments
+    rollout_steps: int = 50  # imagined horizon, each rollout starts from a real observation
+    epochs: int = 4
+    minibatch_size: int = 256
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.1
+    value_clip_coef: float = 0.1
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    normalize_advantages: bool = True
+    lr: float = 2.5e-4
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class ScheduleConfig:
+    iterations: int = 15
+    initial_steps: int = 12_800  # real agent steps in iteration 1 (random policy)
+    steps_per_iteration: int = 6_400
+    collect_envs: int = 8
+    wm_epochs: tuple[int, ...] = (140, 32, 24, 20, 16, 14, 12, 11, 10, 9, 8, 8, 7, 7, 6)
+    ppo_updates: tuple[int, ...] = (1000,) * 7 + (2000,) + (1000,) * 3 + (2000,) + (1000,) * 2 + (3000,)
+    eval_episodes: int = 8
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    preset: str = "paper"
+    seed: int = 0
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid: each encoder conv halves the frame (96 -> 6 with 4 convs)."""
+        return self.env.frame_size // 2 ** len(self.vqvae.channels)
+
+    def to_dict(self) -> dict[str, typing.Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, typing.Any]) -> Config:
+        """Inverse of `to_dict`; unknown keys are an error, missing keys keep their defaults."""
+        return _from_dict(cls, data, prefix="")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        """Short content hash: two runs with the same digest trained with the same settings."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+def _from_dict(cls: type, data: dict[str, typing.Any], prefix: str) -> typing.Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{sorted(unknown)[0]}'")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, prefix=f"{prefix}{name}.")
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _tiny() -> Config:
+    """Real components at toy size: a whole train -> export -> play cycle in about a minute."""
+    return Config(
+        vqvae=VQVAEConfig(channels=(8, 16, 16, 32), res_blocks=1, embedding_dim=8, codebook_size=16,
+                          batch_size=16, warmup_epochs=1),
+        dynamics=DynamicsConfig(hidden_channels=16, kernel_size=3, reward_channels=8, reward_hidden=32,
+                                seq_len=6, teacher_forcing_steps=2, batch_size=8),
+        policy=PolicyConfig(conv_channels=8, kernel_size=3, hidden=32),
+        ppo=PPOConfig(num_envs=8, rollout_steps=10, epochs=2, minibatch_size=40),
+        schedule=ScheduleConfig(iterations=2, initial_steps=256, steps_per_iteration=128, collect_envs=4,
+                                wm_epochs=(2, 1), ppo_updates=(3, 3), eval_episodes=1),
+        preset="tiny",
+    )
+
+
+def _cpu() -> Config:
+    """The paper's networks with a smaller ConvLSTM and a ~15x shorter schedule for 2 CPU cores."""
+    return Config(
+        dynamics=DynamicsConfig(hidden_channels=64, kernel_size=3, batch_size=16),
+        ppo=PPOConfig(num_envs=64),
+        schedule=ScheduleConfig(iterations=8, initial_steps=6_400, steps_per_iteration=3_200,
+                                wm_epochs=(12, 4, 3, 3, 2, 2, 2, 2),
+                                ppo_updates=(100, 100, 100, 100, 150, 150, 150, 200), eval_episodes=4),
+        preset="cpu",
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {"tiny": _tiny, "cpu": _cpu, "paper": Config}
+
+
+def load_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`["ppo.lr=3e-4", "schedule.wm_epochs=4,2"]` applied to a copy of `cfg`, type-checked."""
+    data = cfg.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"override '{item}' is not of the form section.field=value")
+        *sections, leaf = key.strip().split(".")
+        owner: typing.Any = Config
+        node = data
+        for part in sections:
+            hint = typing.get_type_hints(owner).get(part)
+            if not dataclasses.is_dataclass(hint):
+                raise UserError(f"unknown config key '{key}'{close_matches_hint(part, list(node))}")
+            owner, node = hint, node[part]
+        hints = typing.get_type_hints(owner)
+        if leaf not in hints or dataclasses.is_dataclass(hints[leaf]):
+            raise UserError(f"unknown config key '{key}'{close_matches_hint(leaf, list(hints))}")
+        node[leaf] = _parse(raw.strip(), hints[leaf], key)
+    return Config.from_dict(data)
+
+
+def _parse(raw: str, hint: typing.Any, key: str) -> typing.Any:
+    try:
+        if hint is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if typing.get_origin(hint) is tuple:
+            item_type = typing.get_args(hint)[0]
+            return tuple(item_type(x) for x in raw.split(",") if x.strip())
+        return hint(raw)
+    except ValueError:
+        name = getattr(hint, "__name__", str(hint))
+        raise UserError(f"config key '{key}' expects {name}, got '{raw}'") from None
+
+
+def resolve(preset: str, game: str | None = None, overrides: list[str] | None = None,
+            seed: int | None = None) -> Config:
+    """Preset, then game and seed, then `--set` overrides: the order a user reads them in."""
+    cfg = load_preset(preset)
+    if game is not None:
+        cfg.env.game = game
+    if seed is not None:
+        cfg.seed = seed
+    return apply_overrides(cfg, overrides or [])

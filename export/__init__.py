@@ -1,0 +1,1 @@
+"""Torch -> ONNX (fp32) -> static int8 QDQ, with a measured parity report."""

@@ -1,0 +1,27 @@
+"""Actor-critic CNN on the quantized 6x6 embeddings: the only network the agent needs besides the
+encoder and the codebook."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlswm.config import Config
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, cfg: Config, num_actions: int):
+        super().__init__()
+        p, n, c = cfg.policy, cfg.latent_size, cfg.policy.conv_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(cfg.vqvae.embedding_dim, c, 1), nn.LayerNorm([c, n, n]), nn.LeakyReLU(),
+            nn.Conv2d(c, c, p.kernel_size, padding=p.kernel_size // 2), nn.LayerNorm([c, n, n]), nn.LeakyReLU(),
+            nn.Flatten(), nn.Linear(c * n * n, p.hidden), nn.LeakyReLU(),
+        )
+        self.actor = nn.Linear(p.hidden, num_actions)
+        self.critic = nn.Linear(p.hidden, 1)
+
+    def forward(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_q (B, D, 6, 6) -> action logits (B, A), value (B,)."""
+        x = self.body(z_q)  # (B, hidden)
+        return self.actor(x), self.critic(x).squeeze(-1)

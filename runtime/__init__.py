@@ -1,0 +1,1 @@
+"""The edge runtime: numpy, onnxruntime and ale-py only. Never imports torch."""
