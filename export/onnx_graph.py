@@ -1,0 +1,50 @@
+"""Torch inference path -> one self-describing ONNX file (fp32)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from dlswm.models import InferenceAgent
+from dlswm.runtime.model_card import ModelCard
+
+INPUT_NAME = "frames"
+OUTPUT_NAMES = ["logits", "value", "codes"]
+
+
+def to_onnx(agent: InferenceAgent, frame_shape: tuple[int, int, int]) -> onnx.ModelProto:
+    """uint8 frames (batch, S, H, W) -> logits, value, codes, with a dynamic batch axis.
+
+    BatchNorm folds into the convs on export. The example batch is 2: torch.export specializes a
+    batch of 1 to a constant.
+    """
+    agent = agent.eval()
+    example = torch.zeros(2, *frame_shape, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(agent, (example,), dynamo=True, external_data=False, verbose=False,
+                                    input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return program.model_proto
+
+
+def attach_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, card.to_metadata())
+    model.producer_name = "dlswm"
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """One file, written to a temporary name and renamed: never a half-written model."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,80 @@
+"""Run directories and checkpoints.
+
+RUN_DIR/
+  config.json          the resolved config (written at start)
+  checkpoint.pt        the last finished iteration: models, optimizers, RNG states, counters
+  buffer/chunk_NNN.npz real experience collected in iteration NNN (see buffer.py)
+  metrics.jsonl        one line per finished iteration
+  tb/                  TensorBoard logs;  media/  per-iteration pictures
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written checkpoint; `--resume` continues after the last finished iteration.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlswm.config import Config
+from dlswm.errors import UserError
+
+FORMAT = "dlswm-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """`state` holds tensors, plain containers and numbers only (loadable with weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint dict, or a one-line UserError for a missing, truncated or foreign file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged file)
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a dlswm checkpoint")
+    if state.get("version", 0) > VERSION:
+        raise UserError(f"{path} is checkpoint version {state['version']}; this dlswm reads up to {VERSION}")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> Config:
+    return Config.from_dict(state["config"])
+
+
+def game_of(state: dict[str, Any]) -> dict[str, Any]:
+    """{'name', 'rom_id', 'action_ids', 'action_meanings'} of the run's game."""
+    return state["game"]
+
+
+def load_system(state: dict[str, Any]):
+    """The trained System of a checkpoint, in eval mode."""
+    from dlswm.models import System
+
+    system = System(checkpoint_config(state), len(game_of(state)["action_ids"]))
+    system.load_state_dict(state["models"])
+    return system.eval()
