@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,6 +84,43 @@ def info(
     table.add_row("inference total", f"{summary['inference_params']:,}", "")
     table.add_row("inference MACs (batch 1)", f"{summary['inference_macs']:,}", "")
     Console().print(table)
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+def train(
+    game: Annotated[str | None, typer.Argument(help="Atari game, e.g. Pong (not needed with --resume).")] = None,
+    preset: Annotated[Preset | None, typer.Option("--preset", "-p", help="Named hyperparameter set [default: cpu].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory [default: runs/GAME-PRESET-sSEED].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of networks, environments and sampling [default: 0].")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration.")] = False,
+    overrides: SetOption = [],  # noqa: B006
+) -> None:
+    """Train an agent in the SimPLe loop on a real Atari game; resumable after any interruption."""
+    require_torch("train")
+    from dlswm.config import resolve
+    from dlswm.train.loop import train as run_training
+
+    if resume:
+        if out is None:
+            raise UserError("--resume needs --out RUN_DIR")
+        if preset is not None or overrides or seed is not None:
+            raise UserError("--resume continues a run with its saved config: drop --preset, --seed and --set")
+        run_training(None, out, device.value, resume=True)
+        return
+    if game is None:
+        raise UserError("missing GAME (e.g. `dlswm train Pong`)")
+    cfg = resolve((preset or Preset.cpu).value, game, overrides, seed)
+    from dlswm.runtime.atari import resolve_game
+
+    cfg.env.game = resolve_game(cfg.env.game).name  # canonical spelling in the config and file names
+    run_training(cfg, out or Path("runs") / f"{cfg.env.game}-{cfg.preset}-s{cfg.seed}", device.value)
 
 
 @app.command()

@@ -1,0 +1,164 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dlswm.config import resolve
+from dlswm.models import System
+from dlswm.models.dynamics import dynamics_loss
+from dlswm.models.vqvae import vqvae_loss
+from dlswm.runtime.atari import make_env
+from dlswm.train.buffer import ReplayBuffer, StreamRecorder
+from dlswm.train.checkpoint import load_checkpoint
+from dlswm.train.ppo import gae
+
+THREE_ITERATIONS = ["--set", "schedule.iterations=3", "--set", "schedule.wm_epochs=2,1,1",
+                    "--set", "schedule.ppo_updates=3,3,3"]
+
+
+def dlswm(*args, **kwargs):
+    return subprocess.run([sys.executable, "-c", "from dlswm.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
+    state = load_checkpoint(tiny_run_dir)
+    cfg = resolve("tiny")
+    assert state["iteration"] == cfg.schedule.iterations
+    assert state["real_steps"] >= cfg.schedule.initial_steps + cfg.schedule.steps_per_iteration
+    lines = [json.loads(line) for line in (tiny_run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [1, 2]
+    for m in lines:
+        assert np.isfinite(m["eval/mean_score"]) and m["throughput/env_steps_per_s"] > 0
+        assert m["throughput/wm_samples_per_s"] > 0 and m["throughput/imagined_steps_per_s"] > 0
+        assert 0 <= m["dynamics/reward_acc"] <= 1 and m["vqvae/perplexity"] >= 1
+    media = sorted(p.name for p in (tiny_run_dir / "media").iterdir())
+    assert media == ["imagined_001.gif", "imagined_002.gif", "recon_001.png", "recon_002.png"]
+    assert list((tiny_run_dir / "tb").iterdir())
+    assert not list(tiny_run_dir.rglob("*.tmp*"))
+
+
+def test_second_run_into_the_same_dir_refuses_and_finished_run_says_so(tiny_run_dir):
+    again = dlswm("train", "Pong", "--preset", "tiny", "--out", tiny_run_dir)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume" in again.stderr
+    finished = dlswm("train", "--out", tiny_run_dir, "--resume")
+    assert finished.returncode == 0 and "finished" in finished.stdout
+    unknown = dlswm("train", "Breakoot", "--preset", "tiny", "--out", tiny_run_dir.parent / "x")
+    assert unknown.returncode == 2 and "Breakout" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from dlswm.cli import main; main()", "train", "Pong",
+                             "--preset", "tiny", "--out", str(out), *THREE_ITERATIONS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # the worst case: no cleanup at all
+    proc.wait()
+    saved = load_checkpoint(out)["iteration"]
+    assert saved >= 1
+    chunk_1 = out / "buffer" / "chunk_001.npz"
+    stamp = os.stat(chunk_1).st_mtime_ns
+    resumed = dlswm("train", "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"iterations {saved + 1}..3" in resumed.stdout or saved == 3
+    assert load_checkpoint(out)["iteration"] == 3
+    assert os.stat(chunk_1).st_mtime_ns == stamp  # finished work is not redone
+    lines = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [1, 2, 3]
+
+
+def test_gae_matches_a_hand_worked_example():
+    # gamma 0.9, lambda 0.8; rewards [1, 0], values [0.5, 0.2], bootstrap value 1.0:
+    # delta_1 = 0 + 0.9 * 1.0 - 0.2 = 0.7;  A_1 = 0.7
+    # delta_0 = 1 + 0.9 * 0.2 - 0.5 = 0.68; A_0 = 0.68 + 0.9 * 0.8 * 0.7 = 1.184
+    adv, ret = gae(torch.tensor([[1.0], [0.0]]), torch.tensor([[0.5], [0.2]]), torch.tensor([1.0]), 0.9, 0.8)
+    assert torch.allclose(adv.squeeze(1), torch.tensor([1.184, 0.7]))
+    assert torch.allclose(ret.squeeze(1), torch.tensor([1.684, 0.9]))
+
+
+@pytest.fixture(scope="module")
+def real_chunk():
+    """A chunk of real Pong with random actions, and the stacked observations the env returned."""
+    cfg = resolve("tiny")
+    env = make_env(cfg.env, 2)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    recorder, seen = StreamRecorder(2), [obs.copy()]
+    recorder.start(obs)
+    for _ in range(300):
+        actions = rng.integers(0, 6, 2)
+        obs, rewards, terminated, truncated, _ = env.step(actions)
+        recorder.step(actions, obs, rewards, terminated | truncated)
+        seen.append(obs.copy())
+    env.close()
+    return cfg, recorder.chunk(), np.stack(seen)  # seen: (T + 1, 2, S, H, W)
+
+
+def test_buffer_rebuilds_exactly_the_stacks_the_env_showed(real_chunk, tmp_path):
+    cfg, chunk, seen = real_chunk
+    path = ReplayBuffer.chunk_path(tmp_path, 1)
+    ReplayBuffer.save_chunk(chunk, path)
+    buffer = ReplayBuffer.load(tmp_path, 1, cfg.env.frame_stack)
+    per_env = len(buffer) // 2
+    assert len(buffer) == 2 * len(seen)  # no episode ended in 300 Pong steps: one entry per observation
+    assert buffer.first[0] and buffer.first[per_env] and buffer.done[per_env - 1] and buffer.done[-1]
+    np.testing.assert_array_equal(buffer.observations(np.arange(per_env)), seen[:, 0])
+    np.testing.assert_array_equal(buffer.observations(np.arange(per_env, 2 * per_env)), seen[:, 1])
+    starts = buffer.sequence_starts(cfg.dynamics.seq_len)
+    seq = buffer.sequences(starts[:3], cfg.dynamics.seq_len)
+    assert seq["obs"].shape == (3, cfg.dynamics.seq_len, 4, 96, 96) and not seq["first"][:, 1:].any()
+    assert per_env - cfg.dynamics.seq_len + 1 not in starts  # no window crosses into the next stream
+
+
+def overfit(loss_fn, params, steps=40, lr=3e-3):
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_vqvae_reconstruction_loss_falls_on_a_fixed_batch(real_chunk):
+    cfg, chunk, _ = real_chunk
+    torch.manual_seed(0)
+    system = System(cfg, 6).train()
+    buffer = ReplayBuffer(cfg.env.frame_stack)
+    buffer.add_chunk(chunk)
+    frames = torch.from_numpy(buffer.observations(np.arange(0, 160, 10)))
+    losses = overfit(lambda: vqvae_loss(system.vqvae(frames), frames, cfg.vqvae)[0], system.vqvae.parameters())
+    assert np.mean(losses[-5:]) < losses[0] - 0.1 * abs(losses[0])
+
+
+def test_dynamics_loss_falls_when_it_overfits_one_batch(real_chunk):
+    cfg, chunk, _ = real_chunk
+    torch.manual_seed(0)
+    system = System(cfg, 6).train()
+    buffer = ReplayBuffer(cfg.env.frame_stack)
+    buffer.add_chunk(chunk)
+    T = cfg.dynamics.seq_len
+    seq = buffer.sequences(buffer.sequence_starts(T)[:8:2], T)
+    obs = torch.from_numpy(seq["obs"]).flatten(0, 1)
+    codebook = system.vqvae.codebook
+    with torch.no_grad():
+        codes = codebook.lookup(system.vqvae.encoder.eval()(obs)).view(4, T, 6, 6)
+    z = codebook.embed(codes)  # fixed inputs: only the dynamics model learns here
+
+    def loss():
+        return dynamics_loss(system.dynamics, codebook.embed, z, codes, torch.from_numpy(seq["actions"]),
+                             torch.from_numpy(seq["rewards"]), torch.from_numpy(seq["first"]), cfg)[0]
+
+    losses = overfit(loss, system.dynamics.parameters())
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]

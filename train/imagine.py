@@ -1,0 +1,89 @@
+"""Policy training inside the world model: imagined rollouts from real observations, then PPO."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from dlswm.config import Config
+from dlswm.models import System
+from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.ppo import gae, ppo_loss
+
+
+@torch.no_grad()
+def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool = False
+            ) -> dict[str, torch.Tensor]:
+    """Roll the policy through the dynamics model for `horizon` steps.
+
+    start_obs uint8 (N, S, 96, 96): real observations the rollouts start from. Returns z (T, N, D, 6, 6),
+    actions, log_probs, values, rewards (T, N), last_value (N,); with `decode`, also the decoder's
+    mean frames (T + 1, N, S, 96, 96) for pictures.
+    """
+    codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
+    z = codebook.embed(codebook.lookup(system.vqvae.encoder(start_obs)))  # (N, D, 6, 6)
+    state = dynamics.initial_state(z.shape[0], z)
+    out = defaultdict(list)
+    for _ in range(horizon):
+        logits, value = policy(z)  # (N, A), (N,)
+        dist = torch.distributions.Categorical(logits=logits)
+        action = dist.sample()
+        out["z"].append(z)
+        out["actions"].append(action)
+        out["log_probs"].append(dist.log_prob(action))
+        out["values"].append(value)
+        if decode:
+            out["frames"].append(_decode(system, z))
+        code_logits, reward_logits, state = dynamics.step(z, action, state)
+        codes = torch.distributions.Categorical(logits=code_logits.movedim(1, -1)).sample()  # (N, 6, 6)
+        reward_class = torch.distributions.Categorical(logits=reward_logits).sample()  # (N,)
+        out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
+        z = codebook.embed(codes)
+    if decode:
+        out["frames"].append(_decode(system, z))
+    result = {k: torch.stack(v) for k, v in out.items()}
+    result["last_value"] = policy(z)[1]
+    return result
+
+
+def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
+    logits = system.vqvae.decoder(z)
+    return torch.distributions.ContinuousBernoulli(logits=logits).mean
+
+
+class PolicyTrainer:
+    def __init__(self, system: System, cfg: Config, device: torch.device):
+        self.system, self.cfg, self.device = system, cfg, device
+        self.optimizer = torch.optim.Adam(system.policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+
+    def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
+        """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
+        p = self.cfg.ppo
+        start = buffer.observations(rng.integers(0, len(buffer), p.num_envs))
+        self.system.eval()  # BatchNorm statistics stay as the world model learnt them
+        roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps)
+        advantages, returns = gae(roll["rewards"], roll["values"], roll["last_value"], p.gamma, p.gae_lambda)
+        b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
+        batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],
+                 "advantages": advantages, "returns": returns}
+        b = {k: v.reshape(-1) for k, v in batch.items()}  # each (T * N,)
+        self.system.policy.train()
+        metrics: dict[str, list[float]] = defaultdict(list)
+        for _ in range(p.epochs):
+            order = torch.randperm(len(b_z), device=self.device)
+            for mb_idx in order.split(p.minibatch_size):
+                mb = {k: v[mb_idx] for k, v in b.items()}
+                logits, values = self.system.policy(b_z[mb_idx])
+                loss, mb_metrics = ppo_loss(logits, values, mb, p)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.system.policy.parameters(), p.max_grad_norm)
+                self.optimizer.step()
+                for k, v in mb_metrics.items():
+                    metrics[k].append(v)
+        summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+        summary["imagined/return"] = roll["rewards"].sum(0).mean().item()
+        summary["imagined/reward_rate"] = (roll["rewards"] != 0).float().mean().item()
+        return summary

@@ -1,0 +1,198 @@
+"""The SimPLe loop, top to bottom: collect real experience, train the world model, train the policy
+in imagination, evaluate on real games, save. Each finished iteration is a checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+import dlswm
+from dlswm.config import Config
+from dlswm.errors import UserError
+from dlswm.models import System
+from dlswm.runtime.atari import resolve_game
+from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, checkpoint_config, load_checkpoint, save_checkpoint
+from dlswm.train.imagine import PolicyTrainer, imagine
+from dlswm.train.media import reconstruction_png, rollout_gif
+from dlswm.train.real_env import collect, evaluate, random_policy, torch_policy
+from dlswm.train.world_model import WorldModelTrainer
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    return torch.device(name)
+
+
+def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None]:
+    """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint."""
+    if resume:
+        if not (out / "config.json").is_file():
+            raise UserError(f"--resume: {out} is not a dlswm run (no config.json)")
+        saved = Config.from_dict(json.loads((out / "config.json").read_text()))
+        state = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
+        return (checkpoint_config(state) if state else saved), state
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    assert cfg is not None
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    return cfg, None
+
+
+@contextmanager
+def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
+    """A progress display: the run (iterations, ETA) and the phase in progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn()) as progress:
+        run = progress.add_task("run", total=total_iterations, completed=done_iterations)
+        phase = progress.add_task("", total=1)
+
+        def start(description: str, total: int) -> Any:
+            progress.reset(phase, total=max(total, 1), description=description)
+            return lambda n: progress.advance(phase, n)
+
+        yield start, (lambda: progress.advance(run, 1))
+
+
+def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False) -> Path:
+    # ---- setup ---------------------------------------------------------------------------------
+    cfg, state = prepare_run(out, cfg, resume)
+    s = cfg.schedule
+    done = state["iteration"] if state else 0
+    if done >= s.iterations:
+        print(f"{out}: the run is finished ({done}/{s.iterations} iterations); nothing to resume")
+        return out
+    assert len(s.wm_epochs) >= s.iterations and len(s.ppo_updates) >= s.iterations, "schedule shorter than the run"
+    device = pick_device(device_name)
+    game = resolve_game(cfg.env.game, cfg.env.full_action_space)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    system = System(cfg, game.num_actions).to(device)
+    wm, pt = WorldModelTrainer(system, cfg, device), PolicyTrainer(system, cfg, device)
+    buffer = ReplayBuffer(cfg.env.frame_stack)
+    real_steps = 0
+    if state:
+        system.load_state_dict(state["models"])
+        wm.optimizer.load_state_dict(state["optimizers"]["world_model"])
+        pt.optimizer.load_state_dict(state["optimizers"]["policy"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
+        real_steps = state["real_steps"]
+    _truncate_metrics(out / "metrics.jsonl", done)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"), purge_step=done + 1)
+    (out / "media").mkdir(exist_ok=True)
+    print(f"dlswm train {game.name} ({game.num_actions} actions), preset {cfg.preset}, config {cfg.digest()}, "
+          f"device {device}, iterations {done + 1}..{s.iterations}, out {out}")
+    print(json.dumps(cfg.to_dict()))
+
+    try:
+        with phases(s.iterations, done) as (phase, finish_iteration):
+            for it in range(done + 1, s.iterations + 1):
+                metrics: dict[str, float] = {"iteration": it}
+                tag = f"iter {it}/{s.iterations}"
+
+                # ---- 1. collect real experience (random policy first, then the agent) ----------
+                steps = s.initial_steps if it == 1 else s.steps_per_iteration
+                policy = (random_policy(game.num_actions, rng) if it == 1 else
+                          torch_policy(system, device, cfg.policy.collect_temperature, seed=cfg.seed + it))
+                chunk, stats = collect(cfg.env, policy, steps, s.collect_envs, seed=cfg.seed * 1000 + it,
+                                       progress=phase(f"{tag} collect", steps))
+                ReplayBuffer.save_chunk(chunk, ReplayBuffer.chunk_path(out / "buffer", it))
+                buffer.add_chunk(chunk)
+                real_steps += int(stats["collect/steps"])
+                metrics.update(stats, real_steps=real_steps, buffer_frames=len(buffer))
+
+                # ---- 2. world model: VQ-VAE (warm-up on the first data) and dynamics ------------
+                if it == 1 and cfg.vqvae.warmup_epochs > 0:
+                    metrics.update(wm.warmup(buffer, rng, phase(f"{tag} vq-vae warm-up", wm.warmup_batches(buffer))))
+                epochs = s.wm_epochs[it - 1]
+                metrics.update(wm.train(buffer, epochs, rng, phase(f"{tag} world model", wm.batches(buffer, epochs))))
+
+                # ---- 3. policy: PPO in imagination -------------------------------------------------
+                updates = s.ppo_updates[it - 1]
+                advance, t0, ppo_metrics = phase(f"{tag} policy (imagined)", updates), time.perf_counter(), []
+                for _ in range(updates):
+                    ppo_metrics.append(pt.update(buffer, rng))
+                    advance(1)
+                imagined = updates * cfg.ppo.num_envs * cfg.ppo.rollout_steps
+                metrics.update({k: float(np.mean([m[k] for m in ppo_metrics])) for k in ppo_metrics[0]})
+                metrics["throughput/imagined_steps_per_s"] = imagined / max(time.perf_counter() - t0, 1e-9)
+
+                # ---- 4. evaluate on real games -------------------------------------------------
+                phase(f"{tag} evaluate", 1)
+                scores = evaluate(cfg.env, torch_policy(system, device, cfg.policy.eval_temperature, seed=it),
+                                  s.eval_episodes, seed=10_000 + it)
+                metrics.update({"eval/mean_score": float(np.mean(scores)), "eval/std_score": float(np.std(scores)),
+                                "eval/episodes": len(scores)})
+
+                # ---- 5. record and checkpoint --------------------------------------------------
+                _pictures(system, buffer, rng, out / "media", it)
+                _log(out / "metrics.jsonl", writer, metrics)
+                save_checkpoint(out / CHECKPOINT_NAME, {
+                    "config": cfg.to_dict(),
+                    "game": {"name": game.name, "rom_id": game.rom_id, "action_ids": list(game.action_ids),
+                             "action_meanings": list(game.action_meanings)},
+                    "iteration": it,
+                    "real_steps": real_steps,
+                    "models": system.state_dict(),
+                    "optimizers": {"world_model": wm.optimizer.state_dict(), "policy": pt.optimizer.state_dict()},
+                    "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+                    "eval": {"mean_score": metrics["eval/mean_score"], "episodes": len(scores)},
+                    "dlswm_version": dlswm.__version__,
+                })
+                finish_iteration()
+                print(f"{tag}: eval score {metrics['eval/mean_score']:.1f}, real steps {real_steps}, "
+                      f"latent acc {metrics.get('dynamics/latent_acc', float('nan')):.3f}")
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted; iterations 1..{_finished(out)} are saved: "
+                        f"`dlswm train --out {out} --resume` continues", code=130) from None
+    finally:
+        writer.close()
+    return out
+
+
+def _finished(out: Path) -> int:
+    return load_checkpoint(out / CHECKPOINT_NAME)["iteration"] if (out / CHECKPOINT_NAME).exists() else 0
+
+
+def _truncate_metrics(path: Path, iterations: int) -> None:
+    """Drop the lines of an iteration that never reached its checkpoint."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iterations]
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _log(path: Path, writer: Any, metrics: dict[str, float]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    for k, v in metrics.items():
+        if k != "iteration":
+            writer.add_scalar(k, v, metrics["iteration"])
+    writer.flush()
+
+
+def _pictures(system: System, buffer: ReplayBuffer, rng: np.random.Generator, media: Path, it: int) -> None:
+    obs = buffer.observations(rng.integers(0, len(buffer), 8))
+    reconstruction_png(system, obs, media / f"recon_{it:03d}.png")
+    device = next(system.parameters()).device
+    rollout = imagine(system.eval(), torch.from_numpy(obs[:1]).to(device), system.cfg.ppo.rollout_steps, decode=True)
+    rollout_gif(rollout["frames"], media / f"imagined_{it:03d}.gif")

@@ -1,0 +1,56 @@
+"""PPO on imagined rollouts: generalized advantage estimation and the clipped losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dlswm.config import PPOConfig
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, last_value: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns of rollouts cut at a fixed horizon (imagination has no terminals).
+
+    rewards, values (T, N); last_value (N,): the critic's estimate after the last step.
+    """
+    T, N = rewards.shape
+    assert values.shape == (T, N) and last_value.shape == (N,), (values.shape, last_value.shape)
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(last_value)
+    next_value = last_value
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_value - values[t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[t] = next_advantage
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Tensor], cfg: PPOConfig
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy loss + clipped value loss - entropy bonus on one minibatch.
+
+    logits (M, A), values (M,) from the current policy; mb holds the rollout's actions, old
+    log-probs, old values, advantages and returns, each (M,).
+    """
+    M = logits.shape[0]
+    assert values.shape == (M,) and mb["actions"].shape == (M,), (values.shape, mb["actions"].shape)
+    dist = torch.distributions.Categorical(logits=logits)
+    log_ratio = dist.log_prob(mb["actions"]) - mb["log_probs"]
+    ratio = log_ratio.exp()
+    adv = mb["advantages"]
+    if cfg.normalize_advantages:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    values_clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.value_clip_coef, cfg.value_clip_coef)
+    value_loss = 0.5 * torch.max(F.mse_loss(values, mb["returns"], reduction="none"),
+                                 F.mse_loss(values_clipped, mb["returns"], reduction="none")).mean()
+    entropy = dist.entropy().mean()
+    loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_frac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+    return loss, {"ppo/policy_loss": policy_loss.item(), "ppo/value_loss": value_loss.item(),
+                  "ppo/entropy": entropy.item(), "ppo/approx_kl": approx_kl.item(),
+                  "ppo/clip_frac": clip_frac.item()}

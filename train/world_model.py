@@ -1,0 +1,108 @@
+"""World-model training: the VQ-VAE and the dynamics model on sequences from the replay buffer."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dlswm.config import Config
+from dlswm.models import System
+from dlswm.models.dynamics import dynamics_loss
+from dlswm.models.vqvae import vqvae_loss
+from dlswm.train.buffer import ReplayBuffer
+
+Progress = Callable[[int], None]  # advance the phase's progress bar by n batches
+
+
+class WorldModelTrainer:
+    """One Adam over three groups: VQ-VAE (lr 1e-4), dynamics (5e-4), reward head (1e-3)."""
+
+    def __init__(self, system: System, cfg: Config, device: torch.device):
+        self.system, self.cfg, self.device = system, cfg, device
+        reward = list(system.dynamics.reward_head.parameters())
+        reward_ids = {id(p) for p in reward}
+        dynamics = [p for p in system.dynamics.parameters() if id(p) not in reward_ids]
+        self.optimizer = torch.optim.Adam([
+            {"params": list(system.vqvae.parameters()), "lr": cfg.vqvae.lr},
+            {"params": dynamics, "lr": cfg.dynamics.lr},
+            {"params": reward, "lr": cfg.dynamics.reward_lr},
+        ])
+
+    def _frames(self, buffer: ReplayBuffer, rng: np.random.Generator, n: int) -> torch.Tensor:
+        return torch.from_numpy(buffer.observations(rng.integers(0, len(buffer), n))).to(self.device)
+
+    def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
+        return vqvae_loss(self.system.vqvae(frames), frames, self.cfg.vqvae)
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def warmup_batches(self, buffer: ReplayBuffer) -> int:
+        return math.ceil(self.cfg.vqvae.warmup_epochs * len(buffer) / self.cfg.vqvae.batch_size)
+
+    def warmup(self, buffer: ReplayBuffer, rng: np.random.Generator, progress: Progress) -> dict[str, float]:
+        """VQ-VAE alone on the first data, at `warmup_lr_scale` x its learning rate."""
+        self.system.train()
+        group = self.optimizer.param_groups[0]
+        group["lr"] = self.cfg.vqvae.lr * self.cfg.vqvae.warmup_lr_scale
+        metrics: dict[str, list[float]] = defaultdict(list)
+        try:
+            for _ in range(self.warmup_batches(buffer)):
+                loss, m = self._vqvae_loss(buffer, rng)
+                self._step(loss)
+                for k, v in m.items():
+                    metrics[k].append(v)
+                progress(1)
+        finally:
+            group["lr"] = self.cfg.vqvae.lr
+        return {f"warmup/{k.split('/')[-1]}": float(np.mean(v[-10:])) for k, v in metrics.items()}
+
+    def batches(self, buffer: ReplayBuffer, epochs: int) -> int:
+        """Dynamics batches for `epochs` passes over the buffer, counted in sample-steps."""
+        d = self.cfg.dynamics
+        return math.ceil(epochs * len(buffer) / (d.batch_size * d.seq_len))
+
+    def train(self, buffer: ReplayBuffer, epochs: int, rng: np.random.Generator, progress: Progress
+              ) -> dict[str, float]:
+        """Dynamics on every batch, the VQ-VAE on every `vqvae_every`-th, one joint optimizer step."""
+        d, system = self.cfg.dynamics, self.system
+        encoder, codebook = system.vqvae.encoder, system.vqvae.codebook
+        starts = buffer.sequence_starts(d.seq_len)
+        assert len(starts) > 0, "no episode in the buffer is as long as one training sequence"
+        system.train()
+        metrics: dict[str, list[float]] = defaultdict(list)
+        n_batches, t0 = self.batches(buffer, epochs), time.perf_counter()
+        for i in range(n_batches):
+            seq = buffer.sequences(rng.choice(starts, d.batch_size), d.seq_len)
+            obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
+            B, T = obs.shape[:2]
+            with torch.set_grad_enabled(not d.stop_embedding_grad):
+                z_e = encoder(obs.flatten(0, 1))  # (B * T, D, 6, 6)
+            codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
+            z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
+            loss, m = dynamics_loss(
+                system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
+                torch.from_numpy(seq["actions"]).to(self.device), torch.from_numpy(seq["rewards"]).to(self.device),
+                torch.from_numpy(seq["first"]).to(self.device), self.cfg)
+            if i % d.vqvae_every == 0:
+                vq_loss, vq_metrics = self._vqvae_loss(buffer, rng)
+                loss = loss + vq_loss
+                m.update(vq_metrics)
+            self._step(loss)
+            for k, v in m.items():
+                metrics[k].append(v)
+            progress(1)
+        seconds = time.perf_counter() - t0
+        # The last batches describe the model as it leaves this phase.
+        summary = {k: float(np.mean(v[-max(1, len(v) // 10):])) for k, v in metrics.items()}
+        summary["throughput/wm_samples_per_s"] = n_batches * d.batch_size * d.seq_len / max(seconds, 1e-9)
+        summary["wm/batches"] = n_batches
+        return summary
