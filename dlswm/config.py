@@ -173,6 +173,7 @@ def _tiny() -> Config:
 def _cpu() -> Config:
     """The paper's networks with a smaller ConvLSTM and a ~15x shorter schedule for 2 CPU cores."""
     return Config(
+        vqvae=VQVAEConfig(warmup_epochs=5),
         dynamics=DynamicsConfig(hidden_channels=64, kernel_size=3, batch_size=16),
         ppo=PPOConfig(num_envs=64),
         schedule=ScheduleConfig(iterations=8, initial_steps=6_400, steps_per_iteration=3_200,
