@@ -131,23 +131,25 @@ def overfit(loss_fn, params, steps=40, lr=3e-3):
     return losses
 
 
-def test_vqvae_reconstruction_loss_falls_on_a_fixed_batch(real_chunk):
+@pytest.fixture
+def fresh(real_chunk):
+    """A seeded untrained tiny system and a buffer holding the real chunk."""
     cfg, chunk, _ = real_chunk
     torch.manual_seed(0)
-    system = System(cfg, 6).train()
     buffer = ReplayBuffer(cfg.env.frame_stack)
     buffer.add_chunk(chunk)
+    return cfg, System(cfg, 6).train(), buffer
+
+
+def test_vqvae_reconstruction_loss_falls_on_a_fixed_batch(fresh):
+    cfg, system, buffer = fresh
     frames = torch.from_numpy(buffer.observations(np.arange(0, 160, 10)))
     losses = overfit(lambda: vqvae_loss(system.vqvae(frames), frames, cfg.vqvae)[0], system.vqvae.parameters())
     assert np.mean(losses[-5:]) < losses[0] - 0.1 * abs(losses[0])
 
 
-def test_dynamics_loss_falls_when_it_overfits_one_batch(real_chunk):
-    cfg, chunk, _ = real_chunk
-    torch.manual_seed(0)
-    system = System(cfg, 6).train()
-    buffer = ReplayBuffer(cfg.env.frame_stack)
-    buffer.add_chunk(chunk)
+def test_dynamics_loss_falls_when_it_overfits_one_batch(fresh):
+    cfg, system, buffer = fresh
     T = cfg.dynamics.seq_len
     seq = buffer.sequences(buffer.sequence_starts(T)[:8:2], T)
     obs = torch.from_numpy(seq["obs"]).flatten(0, 1)
