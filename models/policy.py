@@ -20,6 +20,11 @@ class ActorCritic(nn.Module):
         )
         self.actor = nn.Linear(p.hidden, num_actions)
         self.critic = nn.Linear(p.hidden, 1)
+        # A near-uniform first policy explores evenly (the usual PPO initialisation of the heads).
+        nn.init.orthogonal_(self.actor.weight, gain=0.01)
+        nn.init.orthogonal_(self.critic.weight, gain=1.0)
+        nn.init.zeros_(self.actor.bias)
+        nn.init.zeros_(self.critic.bias)
 
     def forward(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_q (B, D, 6, 6) -> action logits (B, A), value (B,)."""
