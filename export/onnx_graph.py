@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -24,12 +25,21 @@ def to_onnx(agent: InferenceAgent, frame_shape: tuple[int, int, int]) -> onnx.Mo
     """
     agent = agent.eval()
     example = torch.zeros(2, *frame_shape, dtype=torch.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(agent, (example,), dynamo=True, external_data=False, verbose=False,
-                                    input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
-    return program.model_proto
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notices concern no op of ours
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(agent, (example,), dynamo=True, external_data=False, verbose=False,
+                                        input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+    finally:
+        onnx_logger.setLevel(level)
+    model = program.model_proto
+    for node in model.graph.node:  # exporter provenance: stack traces with this machine's paths
+        del node.metadata_props[:]
+    return model
 
 
 def attach_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from dlswm.config import Config, resolve
@@ -14,3 +16,14 @@ def tiny_run_dir(tmp_path_factory):
     from dlswm.train.loop import train
 
     return train(resolve("tiny", "Pong"), tmp_path_factory.mktemp("runs") / "pong-tiny", device_name="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run_dir):
+    """fp32 and int8 exports of the tiny run: {variant: path}, plus the report."""
+    from dlswm.export.pipeline import export_run
+    from dlswm.export.variants import parse_variants
+
+    report = export_run(tiny_run_dir, None, parse_variants("fp32,int8"), 256, force=False, min_agreement=None,
+                        allow_low_agreement=False, progress=lambda msg: None)
+    return {row["variant"]: Path(row["path"]) for row in report["variants"]}, report

@@ -1,0 +1,144 @@
+"""`dlswm export`: a training run -> the agent as fp32 / int8 ONNX files and a measured parity report.
+
+Decoder and dynamics are dropped: only encoder + codebook lookup + policy are written. Every variant
+is measured against the torch fp32 policy on held-out real frames (never seen by calibration), and
+a variant that disagrees too often is not written unless the user insists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+import dlswm
+from dlswm.errors import UserError
+from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
+from dlswm.export.variants import Variant, quantize
+from dlswm.models.summary import summarize
+from dlswm.runtime.latency import percentiles, time_calls
+from dlswm.runtime.model_card import ModelCard
+from dlswm.runtime.session import open_agent
+from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.checkpoint import atomic_write_bytes, checkpoint_config, load_checkpoint, load_system
+
+REPORT_NAME = "export-report.json"
+HELD_OUT = 256  # real frames for the parity measures (at most), disjoint from calibration
+
+
+def _run_dir(run: Path) -> Path:
+    if not run.exists():
+        raise UserError(f"{run} does not exist")
+    return run if run.is_dir() else run.parent
+
+
+def _writable_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir} ({e.strerror or type(e).__name__})") from None
+    return out_dir
+
+
+def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration: int, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint calibration and held-out frame stacks from the run's replay buffer."""
+    try:
+        buffer = ReplayBuffer.load(run_dir / "buffer", state["iteration"], frame_stack)
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{run_dir / 'buffer'}: the run's replay buffer is missing or damaged ({e})") from None
+    idx = np.random.default_rng(seed).permutation(len(buffer))
+    held_out = min(HELD_OUT, len(idx) // 4)  # a small run gives up some of both
+    if held_out < 16:
+        raise UserError(f"the run's buffer holds only {len(idx)} frames: too few to calibrate and check an export")
+    calibration = min(calibration, len(idx) - held_out)
+    return buffer.observations(np.sort(idx[:calibration])), buffer.observations(np.sort(idx[-held_out:]))
+
+
+def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant) -> ModelCard:
+    cfg, game = checkpoint_config(state), state["game"]
+    return ModelCard(
+        game=game["name"], action_ids=list(game["action_ids"]), action_meanings=list(game["action_meanings"]),
+        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(),
+        params=summary["inference_params"], macs=summary["inference_macs"],
+        provenance={"config_digest": cfg.digest(), "iteration": state["iteration"], "real_steps": state["real_steps"],
+                    "seed": cfg.seed, "eval": state.get("eval"), "preset": cfg.preset,
+                    "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "dlswm_version": dlswm.__version__},
+        config=cfg.to_dict(),
+    )
+
+
+def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray) -> dict[str, Any]:
+    """Agreement with torch fp32 on held-out frames, and batch-1 latency on one thread."""
+    agent = open_agent(path, threads=1)
+    logits, _, codes = agent.outputs(held_out)
+    one = held_out[:1]
+    latency = percentiles(time_calls(lambda: agent.outputs(one), warmup=20, duration_s=1.0))
+    return {"action_agreement": float((logits.argmax(1) == reference[0].argmax(1)).mean()),
+            "code_agreement": float((codes == reference[2]).mean()),
+            "max_logit_diff": float(np.abs(logits - reference[0]).max()),
+            "size_mb": path.stat().st_size / 1e6, "latency_batch1_1thread": latency}
+
+
+def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
+               force: bool, min_agreement: float | None, allow_low_agreement: bool,
+               progress: Any = print) -> dict[str, Any]:
+    run_dir = _run_dir(run)
+    state = load_checkpoint(run)
+    cfg = checkpoint_config(state)
+    out_dir = _writable_dir(out_dir or run_dir / "export")
+    stem = state["game"]["name"].lower()
+    targets = {v.name: out_dir / f"{stem}.{v.name}.onnx" for v in variants}
+    existing = [str(p) for p in [*targets.values(), out_dir / REPORT_NAME] if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} exists; pass --force to replace it")
+
+    system = load_system(state)
+    summary = summarize(system)
+    agent = system.inference_agent().eval()
+    calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
+    with torch.no_grad():
+        reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
+    progress("exporting the inference path to ONNX")
+    fp32 = to_onnx(agent, held_out.shape[1:])
+
+    rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
+    try:
+        for variant in variants:
+            progress(f"{variant.name}: {'calibrating and quantizing, then ' if variant.quantized else ''}measuring")
+            model = quantize(fp32, variant, calibration) if variant.quantized else onnx.ModelProto.FromString(
+                fp32.SerializeToString())
+            staged = staging / targets[variant.name].name
+            save_model(attach_card(model, _card(state, summary, variant)), staged)
+            row = {"variant": variant.name, "path": str(targets[variant.name]), "description": variant.description,
+                   **_parity(staged, reference, held_out)}
+            threshold = variant.min_agreement if min_agreement is None else min_agreement
+            row["threshold"] = threshold
+            row["written"] = row["action_agreement"] >= threshold or allow_low_agreement
+            if not row["written"]:
+                row["reason"] = (f"action agreement {row['action_agreement']:.3f} < {threshold}: "
+                                 "not written (--allow-low-agreement writes it anyway)")
+            rows.append(row)
+        for row in rows:
+            if row["written"]:
+                os.replace(staging / targets[row["variant"]].name, targets[row["variant"]])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = {"run": str(run_dir), "game": state["game"]["name"], "iteration": state["iteration"],
+              "config_digest": cfg.digest(), "inference_params": summary["inference_params"],
+              "training_params": summary["training_params"], "inference_macs": summary["inference_macs"],
+              "calibration_frames": len(calibration), "held_out_frames": len(held_out), "variants": rows,
+              "report": str(out_dir / REPORT_NAME)}
+    atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())
+    return report

@@ -1,0 +1,81 @@
+"""The export formats, as data: each variant is one ONNX file made from the fp32 graph.
+
+Static QDQ quantization calibrated on real game frames: dynamic int8 turns Conv into ConvInteger,
+which has no fast kernel and ran slower than fp32 (reference). The activation type matters most:
+with x86 VNNI, uint8 activations / int8 weights ran 2.6x faster than int8/int8; ARM prefers
+int8/int8. Measure on the target: `int8` is for x86, `int8-arm` for Raspberry Pi and Jetson CPUs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from dlswm.errors import UserError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    activation_type: str | None = None  # None: not quantized
+    weight_type: str | None = None
+    per_channel: bool = True
+    # Ops given to the quantizer. The codebook-distance MatMul stays fp32: quantizing it gained no
+    # speed (paper size, 1 thread: 0.715 vs 0.710 ms p50) and could only flip code indices.
+    op_types: tuple[str, ...] = ("Conv", "Gemm")
+    min_agreement: float = 0.97  # greedy-action agreement with torch fp32 below which it is not written
+
+    @property
+    def quantized(self) -> bool:
+        return self.activation_type is not None
+
+    def settings(self) -> dict:
+        return asdict(self) if self.quantized else {}
+
+
+VARIANTS = {v.name: v for v in [
+    Variant("fp32", "float32, BatchNorm folded", min_agreement=0.999),
+    Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights (x86 VNNI)", "QUInt8", "QInt8"),
+    Variant("int8-arm", "static QDQ, int8 activations / int8 per-channel weights (ARM)", "QInt8", "QInt8"),
+]}
+
+
+def parse_variants(names: str) -> list[Variant]:
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in VARIANTS]
+    if unknown or not chosen:
+        raise UserError(f"unknown variant '{(unknown or [names])[0]}'; valid variants: {', '.join(VARIANTS)}")
+    return [VARIANTS[n] for n in dict.fromkeys(chosen)]
+
+
+class FramesReader(CalibrationDataReader):
+    """Calibration data: uint8 frame stacks, a small batch at a time."""
+
+    def __init__(self, frames: np.ndarray, batch: int = 16):
+        self._batches: Iterator[np.ndarray] = iter(np.array_split(frames, max(1, len(frames) // batch)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"frames": batch}
+
+
+def quantize(fp32: onnx.ModelProto, variant: Variant, calibration: np.ndarray) -> onnx.ModelProto:
+    """Static QDQ quantization of `fp32`, calibrated (min-max) on `calibration` frames (N, S, H, W)."""
+    reader = FramesReader(calibration)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(fp32, str(src))
+        quant_pre_process(str(src), str(pre))  # shape inference + graph optimisation first, as ORT advises
+        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(variant.op_types), per_channel=variant.per_channel,
+                        activation_type=QuantType[variant.activation_type],
+                        weight_type=QuantType[variant.weight_type])
+        return onnx.load_model(str(dst))
