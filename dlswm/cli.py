@@ -43,6 +43,14 @@ def require_torch(command: str) -> None:
         raise UserError(f"`dlswm {command}` needs torch: pip install 'dlswm[train]'", code=1) from None
 
 
+def console(stderr: bool = False):
+    """Rich console; piped output (logs, CI) gets a width that fits the tables, not 80 columns."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 150)
+
+
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
@@ -70,7 +78,6 @@ def info(
     if as_json:
         print_json(report)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"dlswm {cfg.preset} on {atari.name} ({atari.num_actions} actions)")
@@ -83,7 +90,7 @@ def info(
     table.add_row("training total", f"{summary['training_params']:,}", "")
     table.add_row("inference total", f"{summary['inference_params']:,}", "")
     table.add_row("inference MACs (batch 1)", f"{summary['inference_macs']:,}", "")
-    Console().print(table)
+    console().print(table)
 
 
 class Device(str, enum.Enum):
@@ -138,12 +145,11 @@ def export(
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
 
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    log = console(stderr=True)
     report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_agreement,
-                        allow_low_agreement, progress=lambda msg: console.log(msg))
+                        allow_low_agreement, progress=lambda msg: log.log(msg))
     table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
                         f"{report['inference_params']:,} parameters, {report['inference_macs'] / 1e6:.1f}M MACs")
     for column in ["variant", "MB", "act agree", "code agree", "max dlogit", "p50 ms", "written"]:
@@ -152,10 +158,104 @@ def export(
         table.add_row(row["variant"], f"{row['size_mb']:.2f}", f"{row['action_agreement']:.3f}",
                       f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
-    Console().print(table)
+    console().print(table)
     for row in report["variants"]:
         typer.echo(f"{row['variant']}: {row['path'] if row['written'] else row['reason']}")
     typer.echo(f"report: {report['report']}")
+
+
+ThreadsOption = Annotated[int, typer.Option(help="onnxruntime intra-op threads.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or any execution provider the installed onnxruntime has.")]
+
+
+@app.command()
+def play(
+    model: Annotated[Path | None, typer.Argument(help="An agent exported by `dlswm export` [default: the shipped agent].")] = None,
+    device: DeviceOption = "cpu",
+    episodes: Annotated[int, typer.Option(help="Full games to play.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the no-op starts and of action sampling.")] = 0,
+    threads: ThreadsOption = 1,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature, 0 = greedy [default: the model's eval temperature].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cut each episode after this many steps (the protocol's cap is 27,000).")] = None,
+    record: Annotated[Path | None, typer.Option(help="Write the played frames as an animated GIF.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+) -> None:
+    """Play Atari with an exported agent (no torch) and report score, latency and memory."""
+    from rich.progress import Progress
+
+    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.runtime.gif import write_gif
+    from dlswm.runtime.play import default_agent, play as play_games
+    from dlswm.runtime.report import play_table
+    from dlswm.runtime.session import open_agent
+
+    for path, what in ((record, "--record"), (json_path, "--json")):
+        if path is not None:
+            check_writable(path, what)
+    if record is not None and record.suffix.lower() != ".gif":
+        raise UserError(f"--record {record}: only .gif is written by the base install")
+    agent = open_agent(model or default_agent(), device, threads)
+    if temperature is None:
+        temperature = float(agent.card.config["policy"]["eval_temperature"])
+    if temperature < 0:
+        raise UserError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    frames: list | None = [] if record is not None else None
+    with Progress(transient=True, console=console(stderr=True)) as progress:
+        task = progress.add_task(f"{agent.card.game}: {episodes} episode(s)", total=None)
+        report = play_games(agent, episodes, seed, temperature, max_steps, frames,
+                            progress=lambda n: progress.advance(task, n))
+    console().print(play_table(report))
+    if record is not None:
+        import numpy as np
+
+        write_gif(np.stack(frames), record)
+        typer.echo(f"recorded {len(frames)} frames: {record}")
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(report, indent=2).encode())
+        typer.echo(f"report: {json_path}")
+
+
+@app.command()
+def bench(
+    files: Annotated[list[Path], typer.Argument(help="Agents exported by `dlswm export` (with --compare: bench JSON results).")],
+    threads: Annotated[str, typer.Option(help="Comma-separated thread counts to measure.")] = "1",
+    batch: Annotated[int, typer.Option(help="Frame stacks per call.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before measuring.")] = 50,
+    duration: Annotated[float, typer.Option(help="Seconds of timed calls per variant.")] = 3.0,
+    torch_run: Annotated[Path | None, typer.Option("--torch", help="Also measure the run's weights in torch eager fp32 (needs the train extra).")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Merge bench JSON results from several machines.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a latency chart (PNG, needs matplotlib).")] = None,
+) -> None:
+    """Latency and memory of agent variants on this machine, each in a fresh process."""
+    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.runtime import bench as benchmark
+    from dlswm.runtime.report import bench_markdown, bench_table
+
+    for path, what in ((json_path, "--json"), (markdown, "--markdown"), (plot, "--plot")):
+        if path is not None:
+            check_writable(path, what)
+    if compare:
+        result, title = benchmark.merge(files), "dlswm bench: merged results"
+    else:
+        try:
+            thread_counts = [int(t) for t in threads.split(",") if t.strip()]
+        except ValueError:
+            raise UserError(f"--threads expects comma-separated integers, got '{threads}'") from None
+        log = console(stderr=True)
+        result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run,
+                                 progress=lambda msg: log.log(f"measuring {msg}"))
+        row = result["rows"][0]
+        title = (f"dlswm bench: {result['game']}, {row['params']:,} params, {row['mmacs']:.1f}M MACs, "
+                 f"batch {batch}, {result['machine']['cpu']}")
+    console().print(bench_table(result["rows"], title))
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(result, indent=2).encode())
+    if markdown is not None:
+        atomic_write_bytes(markdown, bench_markdown(result["rows"]).encode())
+    if plot is not None:
+        benchmark.plot(result["rows"], plot)
 
 
 @app.command()

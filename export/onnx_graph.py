@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
 
+from dlswm.atomic import atomic_write_bytes
 from dlswm.models import InferenceAgent
 from dlswm.runtime.model_card import ModelCard
 
@@ -50,11 +50,5 @@ def attach_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """One file, written to a temporary name and renamed: never a half-written model."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """One file (weights inside), never half-written."""
+    atomic_write_bytes(path, model.SerializeToString())

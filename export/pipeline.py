@@ -20,6 +20,7 @@ import onnx
 import torch
 
 import dlswm
+from dlswm.atomic import atomic_write_bytes
 from dlswm.errors import UserError
 from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
 from dlswm.export.variants import Variant, quantize
@@ -28,7 +29,7 @@ from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.session import open_agent
 from dlswm.train.buffer import ReplayBuffer
-from dlswm.train.checkpoint import atomic_write_bytes, checkpoint_config, load_checkpoint, load_system
+from dlswm.train.checkpoint import checkpoint_config, load_checkpoint, load_system
 
 REPORT_NAME = "export-report.json"
 HELD_OUT = 256  # real frames for the parity measures (at most), disjoint from calibration

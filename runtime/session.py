@@ -34,6 +34,7 @@ class Agent:
     session: ort.InferenceSession
     card: ModelCard
     path: Path
+    threads: int
 
     def logits(self, frames: np.ndarray) -> np.ndarray:
         """frames uint8 (B, S, H, W) -> logits (B, A)."""
@@ -64,4 +65,4 @@ def open_agent(path: str | Path, device: str = "cpu", threads: int = 1) -> Agent
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a loadable ONNX model ({first[:160]})") from None
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-    return Agent(session, card, path)
+    return Agent(session, card, path, threads)

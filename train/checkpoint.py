@@ -14,27 +14,18 @@ half-written checkpoint; `--resume` continues after the last finished iteration.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dlswm.atomic import atomic_write_bytes
 from dlswm.config import Config
 from dlswm.errors import UserError
 
 FORMAT = "dlswm-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ from dlswm.errors import UserError
 from dlswm.models import System
 from dlswm.runtime.atari import resolve_game
 from dlswm.train.buffer import ReplayBuffer
-from dlswm.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, checkpoint_config, load_checkpoint, save_checkpoint
+from dlswm.atomic import atomic_write_bytes
+from dlswm.train.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from dlswm.train.imagine import PolicyTrainer, imagine
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import collect, evaluate, random_policy, torch_policy

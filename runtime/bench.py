@@ -1,0 +1,144 @@
+"""`dlswm bench`: latency and memory of agent variants on the machine at hand, comparable across
+boards. Each (variant, threads) runs in a fresh subprocess; results carry the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dlswm
+from dlswm.errors import UserError
+from dlswm.runtime.atari import make_env
+from dlswm.runtime.machine import machine
+from dlswm.runtime.model_card import ModelCard
+from dlswm.runtime.session import open_agent
+
+FRAMES = 256  # real observations for the action-agreement column
+
+
+def real_frames(card: ModelCard, n: int, seed: int = 0) -> np.ndarray:
+    """n observations of the model's game, played with random actions (seeded)."""
+    env = make_env(card.env_config, 1)
+    rng = np.random.default_rng(seed)
+    frames = []
+    try:
+        obs, _ = env.reset(seed=seed)
+        for _ in range(n):
+            frames.append(obs[0])
+            obs, *_ = env.step(rng.integers(0, card.num_actions, 1))
+    finally:
+        env.close()
+    return np.stack(frames)
+
+
+def _measure(kind: str, target: Path, threads: int, batch: int, warmup: int, duration: float,
+             frames_path: Path) -> dict[str, Any]:
+    args = [kind, str(target), str(threads), str(batch), str(warmup), str(duration), str(frames_path)]
+    proc = subprocess.run([sys.executable, "-m", "dlswm.runtime.bench_worker", *args], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        message = lines[-1].removeprefix("error: ")
+        raise UserError(f"measuring {target} ({kind}, {threads} thread(s)) failed: {message}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(label: str, variant: str, threads: int, batch: int, card: ModelCard, size_mb: float | None,
+         result: dict[str, Any]) -> dict[str, Any]:
+    lat = result["latency"]
+    return {"machine": label, "variant": variant, "threads": threads, "batch": batch, "size_mb": size_mb,
+            "params": card.params, "mmacs": card.macs / 1e6, **lat,
+            "inferences_per_s": result["inferences_per_s"],
+            "gmacs_per_s": card.macs * batch / (lat["p50_ms"] / 1e3) / 1e9,
+            "peak_rss_mb": result["peak_rss_mb"], "actions": result["actions"]}
+
+
+def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
+          torch_run: Path | None, progress=lambda msg: None) -> dict[str, Any]:
+    if not models:
+        raise UserError("give at least one MODEL.onnx")
+    if any(t < 1 for t in threads) or batch < 1 or duration <= 0 or warmup < 0:
+        raise UserError("--threads and --batch must be at least 1, --duration positive, --warmup not negative")
+    agents = [open_agent(m) for m in models]  # validates every file before any measurement
+    card = agents[0].card
+    for a in agents[1:]:
+        if (a.card.game, a.card.action_ids, a.card.env) != (card.game, card.action_ids, card.env):
+            raise UserError(f"{a.path} is an agent for another game or observation spec than {agents[0].path}")
+    if torch_run is not None and importlib.util.find_spec("torch") is None:  # the worker imports it, not us
+        raise UserError("--torch needs torch: pip install 'dlswm[train]'", code=1)
+    host = machine()
+    label = str(host["hostname"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        frames_path = Path(tmp) / "frames.npy"
+        np.save(frames_path, real_frames(card, max(FRAMES, batch)))
+        for t in threads:
+            for a in agents:
+                progress(f"{a.card.variant} ({a.path.name}), {t} thread(s)")
+                result = _measure("onnx", a.path, t, batch, warmup, duration, frames_path)
+                rows.append(_row(label, a.card.variant, t, batch, a.card, a.path.stat().st_size / 1e6, result))
+            if torch_run is not None:
+                progress(f"torch eager fp32 ({torch_run}), {t} thread(s)")
+                result = _measure("torch", torch_run, t, batch, warmup, duration, frames_path)
+                rows.append(_row(label, "torch-fp32", t, batch, card, None, result))
+    _relate(rows)
+    return {"dlswm_version": dlswm.__version__, "machine": host, "game": card.game,
+            "settings": {"threads": threads, "batch": batch, "warmup": warmup, "duration_s": duration},
+            "rows": rows}
+
+
+def _relate(rows: list[dict[str, Any]]) -> None:
+    """Greedy-action agreement with the fp32 variant (torch if no fp32 file), speed-up over torch."""
+    for t in {r["threads"] for r in rows}:
+        group = [r for r in rows if r["threads"] == t]
+        reference = next((r for r in group if r["variant"] == "fp32"),
+                         next((r for r in group if r["variant"] == "torch-fp32"), group[0]))
+        baseline = next((r for r in group if r["variant"] == "torch-fp32"), None)
+        for r in group:
+            r["agreement"] = float(np.mean(np.array(r["actions"]) == np.array(reference["actions"])))
+            r["speedup"] = baseline["p50_ms"] / r["p50_ms"] if baseline else None
+    for r in rows:
+        del r["actions"]
+
+
+def merge(results: list[Path]) -> dict[str, Any]:
+    """Results from several machines (each `--json` of a bench run) as one set of rows."""
+    rows = []
+    for path in results:
+        try:
+            data = json.loads(Path(path).read_text())
+            cpu = data["machine"]["cpu"]
+            rows += [{**r, "machine": f"{r['machine']} ({cpu})"} for r in data["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path} is not a `dlswm bench --json` result ({type(e).__name__})") from None
+    return {"dlswm_version": dlswm.__version__, "merged_from": [str(p) for p in results], "rows": rows}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['machine']}\n{r['variant']}, {r['threads']} thr" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    ax.barh(labels, [r["p50_ms"] for r in rows], xerr=[[0] * len(rows),
+                                                        [r["p90_ms"] - r["p50_ms"] for r in rows]])
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per call, ms (bar p50, whisker p90)")
+    ax.set_title(f"dlswm bench, batch {rows[0]['batch']}")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

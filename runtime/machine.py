@@ -1,0 +1,57 @@
+"""What a measurement ran on: CPU model and the instruction-set flags that decide int8 speed, and
+the process's memory. Works on Linux (x86, Raspberry Pi, Jetson) and falls back to `platform`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import psutil
+
+# Flags that change which int8/fp32 kernels onnxruntime can use.
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                "asimd", "asimddp", "i8mm", "sve")
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() not in info:
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def machine() -> dict[str, object]:
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    model = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    return {"hostname": socket.gethostname(), "cpu": model, "arch": platform.machine(),
+            "cores": os.cpu_count(), "flags": [f for f in KERNEL_FLAGS if f in flags],
+            "os": platform.platform(terse=True), "python": platform.python_version(),
+            "onnxruntime": ort.__version__}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. Linux: VmHWM, which exec resets (ru_maxrss
+    keeps the parent's peak across fork + exec). Elsewhere ru_maxrss: KiB on Linux, bytes on macOS."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / (1024 * 1024)

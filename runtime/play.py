@@ -1,0 +1,111 @@
+"""`dlswm play`: an exported agent plays full Atari games, measured.
+
+The environment comes from the model's own card (the observation spec it was trained with), so a
+model file is all that is needed. Per step: the model call is timed alone and with the emulator.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import dlswm
+from dlswm.errors import UserError
+from dlswm.runtime.atari import make_env, resolve_game
+from dlswm.runtime.latency import percentiles
+from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
+from dlswm.runtime.session import Agent
+
+
+def default_agent() -> Path:
+    """The agent shipped in the package (runtime/agents/), if one is."""
+    shipped = sorted(p for p in importlib.resources.files("dlswm.runtime.agents").iterdir() if p.name.endswith(".onnx"))
+    if not shipped:
+        raise UserError("no trained agent is shipped with this dlswm yet: pass a model exported by "
+                        "`dlswm export`, e.g. `dlswm play runs/pong/export/pong.int8.onnx`")
+    return Path(str(shipped[0]))
+
+
+def check_actions(agent: Agent) -> None:
+    """ale_py's vector env does not check actions (an index past the set hangs `step`): the model's
+    action set must be exactly the game's."""
+    card = agent.card
+    game = resolve_game(card.game, card.env_config.full_action_space)
+    if list(game.action_ids) != list(card.action_ids):
+        raise UserError(f"{agent.path}: the model's {card.num_actions} actions do not match {game.name}'s "
+                        f"{game.num_actions} in this ale-py; it was exported for another action set")
+
+
+def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    z = logits / temperature
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
+         record: list[np.ndarray] | None = None, progress: Callable[[int], None] = lambda n: None
+         ) -> dict[str, Any]:
+    """Play `episodes` full games (or `max_steps` each); returns the report. With `record`, the
+    newest frame of every observation is appended to it."""
+    if episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    check_actions(agent)
+    env = make_env(agent.card.env_config, 1)
+    rng = np.random.default_rng(seed)
+    clock = time.perf_counter
+    model_s, step_s, results, rss_after = [], [], [], []
+    action = np.zeros(1, np.int64)
+    try:
+        obs, _ = env.reset(seed=seed)
+        for episode in range(episodes):
+            if episode > 0:  # the vector env resets on the step after a terminal; not an interaction
+                obs, *_ = env.step(action)
+            score, length, ended = 0.0, 0, False
+            while not ended:
+                if record is not None:
+                    record.append(obs[0, -1].copy())
+                t0 = clock()
+                logits = agent.logits(obs)[0]
+                t1 = clock()
+                action[0] = choose(logits, temperature, rng)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                t2 = clock()
+                model_s.append(t1 - t0)
+                step_s.append(t2 - t0)
+                score += float(reward[0])
+                length += 1
+                capped = max_steps is not None and length >= max_steps
+                ended = bool(terminated[0] or truncated[0]) or capped
+                progress(1)
+            results.append({"score": score, "length": length, "truncated": bool(capped and not terminated[0])})
+            rss_after.append(rss_mb())
+    finally:
+        env.close()
+    scores = np.array([r["score"] for r in results])
+    total_s = float(np.sum(step_s))
+    card = agent.card
+    return {
+        "dlswm_version": dlswm.__version__,
+        "model": {"path": str(agent.path), "size_mb": agent.path.stat().st_size / 1e6, "game": card.game,
+                  "variant": card.variant, "params": card.params, "macs": card.macs,
+                  "provenance": card.provenance},
+        "settings": {"episodes": episodes, "seed": seed, "temperature": temperature, "max_steps": max_steps,
+                     "device": agent.session.get_providers()[0], "threads": agent.threads},
+        "episodes": results,
+        "score": {"mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
+                  "max": float(scores.max())},
+        "latency_model": percentiles(np.array(model_s) * 1e3),
+        "latency_step": percentiles(np.array(step_s) * 1e3),
+        "steps": len(step_s),
+        "steps_per_s": len(step_s) / total_s if total_s > 0 else float("nan"),
+        "memory": {"peak_rss_mb": peak_rss_mb(), "rss_after_episode_mb": rss_after},
+        "machine": machine(),
+    }

@@ -1,0 +1,147 @@
+"""The edge runtime on real parts: exported tiny agents, real Pong, real onnxruntime sessions."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from dlswm.errors import UserError
+from dlswm.runtime.gif import write_gif
+from dlswm.runtime.model_card import METADATA_KEY
+from dlswm.runtime.play import default_agent
+from dlswm.runtime.session import open_agent
+
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"
+
+
+def dlswm(*args, block_torch=True):
+    code = (NO_TORCH if block_torch else "") + "import sys; from dlswm.cli import main; sys.argv = ['dlswm'] + sys.argv[1:]; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path):
+    paths, _ = tiny_export
+    report_path, gif = tmp_path / "play.json", tmp_path / "play.gif"
+    result = dlswm("play", paths["int8"], "--episodes", 2, "--max-steps", 150, "--seed", 3,
+                   "--json", report_path, "--record", gif)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report) >= {"model", "settings", "episodes", "score", "latency_model", "latency_step", "steps",
+                           "steps_per_s", "memory", "machine", "dlswm_version"}
+    assert [e["length"] for e in report["episodes"]] == [150, 150] and report["steps"] == 300
+    assert all(e["truncated"] for e in report["episodes"])
+    for lat in (report["latency_model"], report["latency_step"]):
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert report["latency_model"]["p50_ms"] < report["latency_step"]["p50_ms"]
+    assert report["memory"]["peak_rss_mb"] > 0 and len(report["memory"]["rss_after_episode_mb"]) == 2
+    assert report["model"]["variant"] == "int8" and report["settings"]["temperature"] == 0.5
+    assert report["machine"]["onnxruntime"] and report["machine"]["cpu"]
+    assert "model call" in result.stdout  # the table
+    assert gif.read_bytes()[:6] == b"GIF89a"
+
+
+def test_play_runs_a_full_episode_to_its_end(tiny_export):
+    from dlswm.runtime.play import play
+
+    report = play(open_agent(tiny_export[0]["fp32"]), episodes=1, seed=0, temperature=0)
+    episode = report["episodes"][0]
+    # Pong ends when one side reaches 21 points; the untrained agent loses almost every point.
+    assert not episode["truncated"] and episode["length"] > 500 and -21 <= episode["score"] <= -15
+
+
+def test_recorded_gif_decodes_to_the_frames():
+    iio = pytest.importorskip("imageio.v3")
+    frames = np.random.default_rng(0).integers(0, 256, (7, 96, 96), dtype=np.uint8)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.gif"
+        write_gif(frames, path)
+        decoded = iio.imread(path, index=None)
+    assert np.array_equal(decoded[..., 0] if decoded.ndim == 4 else decoded, frames)
+
+
+def test_bench_measures_two_variants_and_compare_merges(tiny_export, tmp_path):
+    paths, _ = tiny_export
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    result = dlswm("bench", paths["fp32"], paths["int8"], "--duration", 0.3, "--warmup", 5, "--json", a)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(a.read_text())
+    assert [r["variant"] for r in data["rows"]] == ["fp32", "int8"]
+    for row in data["rows"]:
+        assert row["p50_ms"] > 0 and row["inferences_per_s"] > 0 and row["peak_rss_mb"] > 0
+        assert 0 <= row["agreement"] <= 1 and row["gmacs_per_s"] > 0
+    assert data["rows"][0]["agreement"] == 1.0  # fp32 is the reference
+    b.write_text(json.dumps({**data, "machine": {**data["machine"], "cpu": "Other CPU"},
+                             "rows": [{**r, "machine": "board"} for r in data["rows"]]}))
+    md = tmp_path / "merged.md"
+    merged = dlswm("bench", "--compare", a, b, "--markdown", md)
+    assert merged.returncode == 0, merged.stderr
+    table = md.read_text().splitlines()
+    assert len(table) == 2 + 4 and any("board (Other CPU)" in line for line in table)
+
+
+def test_bench_torch_baseline_gives_a_speedup(tiny_export, tiny_run_dir, tmp_path):
+    paths, _ = tiny_export
+    out = tmp_path / "t.json"
+    result = dlswm("bench", paths["int8"], "--torch", tiny_run_dir, "--duration", 0.3, "--warmup", 5,
+                   "--json", out, block_torch=False)
+    assert result.returncode == 0, result.stderr
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["torch-fp32"]["speedup"] == 1.0 and rows["int8"]["speedup"] > 0
+    assert rows["int8"]["agreement"] >= 0.9
+
+
+@pytest.fixture
+def bad_models(tiny_export, tmp_path):
+    good = onnx.load(tiny_export[0]["fp32"])
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(tiny_export[0]["fp32"].read_bytes()[:2000])
+    text = tmp_path / "text.onnx"
+    text.write_text("hello")
+    foreign = tmp_path / "foreign.onnx"
+    del good.metadata_props[:]
+    onnx.save(good, foreign)
+    newer = tmp_path / "newer.onnx"
+    card = json.loads(onnx.load(tiny_export[0]["fp32"]).metadata_props[0].value)
+    onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, "format_version": 99})})
+    onnx.save(good, newer)
+    wrong_actions = tmp_path / "wrong.onnx"
+    onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, "action_ids": card["action_ids"][:3]})})
+    onnx.save(good, wrong_actions)
+    return {"missing": tmp_path / "nope.onnx", "directory": tmp_path, "truncated": truncated, "text": text,
+            "foreign": foreign, "newer": newer, "wrong actions": wrong_actions}
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "does not exist"), ("directory", "is a directory"), ("truncated", "not a loadable ONNX"),
+    ("text", "not a loadable ONNX"), ("foreign", "not a dlswm agent"), ("newer", "upgrade dlswm"),
+    ("wrong actions", "do not match"),
+])
+def test_bad_models_give_one_line_errors(bad_models, case, words):
+    result = dlswm("play", bad_models[case], "--max-steps", 5)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--device", "quantum"], "available: "), (["--episodes", "0"], "--episodes"), (["--threads", "-1"], "--threads"),
+    (["--json", "/nonexistent/dir/r.json"], "cannot write"), (["--record", "/nonexistent/dir/r.gif"], "cannot write"),
+])
+def test_bad_options_give_one_line_errors(tiny_export, args, words):
+    result = dlswm("play", tiny_export[0]["int8"], "--max-steps", 5, *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_default_agent_is_shipped_or_clearly_missing():
+    try:
+        path = default_agent()
+    except UserError as e:
+        assert "dlswm export" in str(e)
+    else:
+        assert open_agent(path).card.variant.startswith("int8")
