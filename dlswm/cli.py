@@ -6,6 +6,7 @@ from the base (torch-free) install.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
@@ -184,8 +185,8 @@ def play(
     from rich.progress import Progress
 
     from dlswm.atomic import atomic_write_bytes, check_writable
-    from dlswm.runtime.gif import write_gif
-    from dlswm.runtime.play import default_agent, play as play_games
+    from dlswm.runtime.gif import GifWriter
+    from dlswm.runtime.play import check, default_agent, play as play_games
     from dlswm.runtime.report import play_table
     from dlswm.runtime.session import open_agent
 
@@ -193,23 +194,22 @@ def play(
         if path is not None:
             check_writable(path, what)
     if record is not None and record.suffix.lower() != ".gif":
-        raise UserError(f"--record {record}: only .gif is written by the base install")
+        raise UserError(f"--record {record}: dlswm writes .gif (convert it with e.g. `ffmpeg -i x.gif x.mp4`)")
     agent = open_agent(model or default_agent(), device, threads)
     if temperature is None:
         temperature = float(agent.card.config["policy"]["eval_temperature"])
     if temperature < 0:
         raise UserError(f"--temperature must be 0 (greedy) or more, got {temperature}")
-    frames: list | None = [] if record is not None else None
-    with Progress(transient=True, console=console(stderr=True)) as progress:
+    check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line
+    with contextlib.ExitStack() as stack:
+        gif = stack.enter_context(GifWriter(record, (agent.card.env_config.frame_size,) * 2)) if record else None
+        progress = stack.enter_context(Progress(transient=True, console=console(stderr=True)))
         task = progress.add_task(f"{agent.card.game}: {episodes} episode(s)", total=None)
-        report = play_games(agent, episodes, seed, temperature, max_steps, frames,
+        report = play_games(agent, episodes, seed, temperature, max_steps, gif,
                             progress=lambda n: progress.advance(task, n))
     console().print(play_table(report))
-    if record is not None:
-        import numpy as np
-
-        write_gif(np.stack(frames), record)
-        typer.echo(f"recorded {len(frames)} frames: {record}")
+    if gif is not None:
+        typer.echo(f"recorded {gif.frames} frames: {record}")
     if json_path is not None:
         atomic_write_bytes(json_path, json.dumps(report, indent=2).encode())
         typer.echo(f"report: {json_path}")

@@ -1,18 +1,18 @@
 """A dependency-free animated GIF writer for grayscale frames (the base install has no imageio).
 
 Uncompressed GIF: 8-bit gray palette, LZW codes of a fixed 9 bits with a clear code before the
-table would grow, so no dictionary is needed and numpy packs the bits. Files are ~1.1 bytes per
-pixel: a 96x96 Atari episode of 2,000 steps is ~20 MB.
+table would grow, so no dictionary is needed and numpy packs the bits. Frames are streamed to a
+temporary file as they come (memory stays flat over a long episode) and the file is renamed into
+place on close. ~1.1 bytes per pixel: a 96x96 episode of 2,000 steps is ~20 MB.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
-
-from dlswm.atomic import atomic_write_bytes
 
 _CLEAR, _END = 256, 257
 _RUN = 254  # literal codes between clear codes: keeps the decoder's table below 512 entries (9 bits)
@@ -32,16 +32,36 @@ def _lzw_9bit(pixels: np.ndarray) -> bytes:
     return bytes([8]) + blocks + b"\x00"  # minimum code size 8, sub-blocks, terminator
 
 
-def write_gif(frames: np.ndarray, path: Path, frame_ms: int = 40) -> None:
-    """frames uint8 (T, H, W) -> an animated, looping GIF; written to a temp file and renamed."""
-    T, H, W = frames.shape
-    palette = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
-    parts = [b"GIF89a", struct.pack("<HHBBB", W, H, 0xF7, 0, 0), palette,
-             b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"]  # loop forever
-    delay = max(1, round(frame_ms / 10))
-    for frame in frames:
-        parts.append(struct.pack("<BBBBHBB", 0x21, 0xF9, 4, 0, delay, 0, 0))  # graphic control: delay
-        parts.append(b"\x2c" + struct.pack("<HHHHB", 0, 0, W, H, 0))  # image descriptor, global palette
-        parts.append(_lzw_9bit(np.ascontiguousarray(frame)))
-    parts.append(b"\x3b")
-    atomic_write_bytes(path, b"".join(parts))
+class GifWriter:
+    """`with GifWriter(path, (H, W)) as gif: gif.add(frame)`: the file appears whole on success."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], frame_ms: int = 40):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.shape = shape
+        self.delay = max(1, round(frame_ms / 10))
+        self.frames = 0
+
+    def __enter__(self) -> GifWriter:
+        H, W = self.shape
+        self.file = open(self.tmp, "wb")
+        palette = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
+        self.file.write(b"GIF89a" + struct.pack("<HHBBB", W, H, 0xF7, 0, 0) + palette
+                        + b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
+        return self
+
+    def add(self, frame: np.ndarray) -> None:
+        assert frame.shape == self.shape and frame.dtype == np.uint8, (frame.shape, frame.dtype)
+        H, W = self.shape
+        self.file.write(struct.pack("<BBBBHBB", 0x21, 0xF9, 4, 0, self.delay, 0, 0)  # frame delay
+                        + b"\x2c" + struct.pack("<HHHHB", 0, 0, W, H, 0)  # image descriptor
+                        + _lzw_9bit(np.ascontiguousarray(frame)))
+        self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.file.write(b"\x3b")
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

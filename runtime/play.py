@@ -16,6 +16,7 @@ import numpy as np
 import dlswm
 from dlswm.errors import UserError
 from dlswm.runtime.atari import make_env, resolve_game
+from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
 from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
 from dlswm.runtime.session import Agent
@@ -30,9 +31,13 @@ def default_agent() -> Path:
     return Path(str(shipped[0]))
 
 
-def check_actions(agent: Agent) -> None:
-    """ale_py's vector env does not check actions (an index past the set hangs `step`): the model's
-    action set must be exactly the game's."""
+def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
+    """Everything that can be wrong before the first step. ale_py's vector env does not check
+    actions (an index past the set hangs `step`): the model's action set must be the game's."""
+    if episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
     card = agent.card
     game = resolve_game(card.game, card.env_config.full_action_space)
     if list(game.action_ids) != list(card.action_ids):
@@ -49,15 +54,10 @@ def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
 
 
 def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
-         record: list[np.ndarray] | None = None, progress: Callable[[int], None] = lambda n: None
-         ) -> dict[str, Any]:
+         record: GifWriter | None = None, progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """Play `episodes` full games (or `max_steps` each); returns the report. With `record`, the
-    newest frame of every observation is appended to it."""
-    if episodes < 1:
-        raise UserError(f"--episodes must be at least 1, got {episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-    check_actions(agent)
+    newest frame of every observation is added to it."""
+    check(agent, episodes, max_steps)
     env = make_env(agent.card.env_config, 1)
     rng = np.random.default_rng(seed)
     clock = time.perf_counter
@@ -65,13 +65,16 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
     action = np.zeros(1, np.int64)
     try:
         obs, _ = env.reset(seed=seed)
+        game_over = False
         for episode in range(episodes):
-            if episode > 0:  # the vector env resets on the step after a terminal; not an interaction
+            if game_over:  # the vector env resets on the step after a terminal; not an interaction
                 obs, *_ = env.step(action)
+            elif episode > 0:  # cut by max_steps: the game is still on
+                obs, _ = env.reset()
             score, length, ended = 0.0, 0, False
             while not ended:
                 if record is not None:
-                    record.append(obs[0, -1].copy())
+                    record.add(obs[0, -1])
                 t0 = clock()
                 logits = agent.logits(obs)[0]
                 t1 = clock()
@@ -82,10 +85,10 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
                 step_s.append(t2 - t0)
                 score += float(reward[0])
                 length += 1
-                capped = max_steps is not None and length >= max_steps
-                ended = bool(terminated[0] or truncated[0]) or capped
+                game_over = bool(terminated[0] or truncated[0])
+                ended = game_over or (max_steps is not None and length >= max_steps)
                 progress(1)
-            results.append({"score": score, "length": length, "truncated": bool(capped and not terminated[0])})
+            results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
             rss_after.append(rss_mb())
     finally:
         env.close()

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from dlswm.errors import UserError
-from dlswm.runtime.gif import write_gif
+from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.model_card import METADATA_KEY
 from dlswm.runtime.play import default_agent
 from dlswm.runtime.session import open_agent
@@ -32,6 +32,9 @@ def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path)
     assert set(report) >= {"model", "settings", "episodes", "score", "latency_model", "latency_step", "steps",
                            "steps_per_s", "memory", "machine", "dlswm_version"}
     assert [e["length"] for e in report["episodes"]] == [150, 150] and report["steps"] == 300
+    import imageio.v3 as iio
+
+    assert iio.imread(gif, index=None).shape[0] == 300  # every observation the agent saw
     assert all(e["truncated"] for e in report["episodes"])
     for lat in (report["latency_model"], report["latency_step"]):
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
@@ -52,17 +55,19 @@ def test_play_runs_a_full_episode_to_its_end(tiny_export):
     assert not episode["truncated"] and episode["length"] > 500 and -21 <= episode["score"] <= -15
 
 
-def test_recorded_gif_decodes_to_the_frames():
+def test_recorded_gif_decodes_to_the_frames(tmp_path):
     iio = pytest.importorskip("imageio.v3")
     frames = np.random.default_rng(0).integers(0, 256, (7, 96, 96), dtype=np.uint8)
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "x.gif"
-        write_gif(frames, path)
-        decoded = iio.imread(path, index=None)
+    path = tmp_path / "x.gif"
+    with GifWriter(path, (96, 96)) as gif:
+        for frame in frames:
+            gif.add(frame)
+    decoded = iio.imread(path, index=None)
     assert np.array_equal(decoded[..., 0] if decoded.ndim == 4 else decoded, frames)
+    with pytest.raises(RuntimeError), GifWriter(tmp_path / "failed.gif", (96, 96)) as gif:
+        gif.add(frames[0])
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == [path]  # nothing half-written
 
 
 def test_bench_measures_two_variants_and_compare_merges(tiny_export, tmp_path):
