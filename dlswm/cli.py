@@ -137,32 +137,41 @@ def export(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory [default: RUN/export].")] = None,
     variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm.")] = "fp32,int8",
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
-    min_agreement: Annotated[float | None, typer.Option(help="Greedy-action agreement a variant needs [default: 0.97 int8, 0.999 fp32].")] = None,
+    min_agreement: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Greedy-action agreement a variant needs [default: 0.97 int8, 0.999 fp32].")] = None,
     allow_low_agreement: Annotated[bool, typer.Option(help="Write variants under the agreement threshold anyway.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) as ONNX, with a parity report."""
     require_torch("export")
+    from rich.console import Console
+    from rich.table import Table
+
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
 
-    from rich.table import Table
+    console = Console(stderr=True)
+    with console.status("loading the run") as status:
+        def progress(message: str) -> None:
+            console.log(message)
+            status.update(message)
 
-    log = console(stderr=True)
-    report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_agreement,
-                        allow_low_agreement, progress=lambda msg: log.log(msg))
+        report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_agreement,
+                            allow_low_agreement, progress=progress)
     table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
-                        f"{report['inference_params']:,} parameters, {report['inference_macs'] / 1e6:.1f}M MACs")
+                        f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "
+                        f"{report['inference_macs'] / 1e6:.1f}M MACs")
     for column in ["variant", "MB", "act agree", "code agree", "max dlogit", "p50 ms", "written"]:
         table.add_column(column, justify="left" if column in ("variant", "written") else "right")
     for row in report["variants"]:
         table.add_row(row["variant"], f"{row['size_mb']:.2f}", f"{row['action_agreement']:.3f}",
                       f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
-    console().print(table)
+    Console().print(table)
     for row in report["variants"]:
         typer.echo(f"{row['variant']}: {row['path'] if row['written'] else row['reason']}")
     typer.echo(f"report: {report['report']}")
+    if not all(row["written"] for row in report["variants"]):  # a script or CI must not miss it
+        raise UserError("not every variant was written: see above", code=1)
 
 
 ThreadsOption = Annotated[int, typer.Option(help="onnxruntime intra-op threads.")]

@@ -115,6 +115,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     preset: str = "paper"
     seed: int = 0
+    amp: bool = True  # bf16 autocast of world-model training and imagination, on CUDA only
 
     @property
     def latent_size(self) -> int:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import dlswm
 from dlswm.atomic import atomic_write_bytes
 from dlswm.errors import UserError
 from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
+from dlswm.export.params import expected_graph_params, graph_params
 from dlswm.export.variants import Variant, quantize
 from dlswm.models.summary import summarize
 from dlswm.runtime.latency import percentiles, time_calls
@@ -56,7 +58,7 @@ def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration:
     """Disjoint calibration and held-out frame stacks from the run's replay buffer."""
     try:
         buffer = ReplayBuffer.load(run_dir / "buffer", state["iteration"], frame_stack)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{run_dir / 'buffer'}: the run's replay buffer is missing or damaged ({e})") from None
     idx = np.random.default_rng(seed).permutation(len(buffer))
     held_out = min(HELD_OUT, len(idx) // 4)  # a small run gives up some of both
@@ -66,11 +68,11 @@ def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration:
     return buffer.observations(np.sort(idx[:calibration])), buffer.observations(np.sort(idx[-held_out:]))
 
 
-def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant) -> ModelCard:
+def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant, calibration_frames: int) -> ModelCard:
     cfg, game = checkpoint_config(state), state["game"]
     return ModelCard(
         game=game["name"], action_ids=list(game["action_ids"]), action_meanings=list(game["action_meanings"]),
-        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(),
+        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames),
         params=summary["inference_params"], macs=summary["inference_macs"],
         provenance={"config_digest": cfg.digest(), "iteration": state["iteration"], "real_steps": state["real_steps"],
                     "seed": cfg.seed, "eval": state.get("eval"), "preset": cfg.preset,
@@ -98,7 +100,8 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     run_dir = _run_dir(run)
     state = load_checkpoint(run)
     cfg = checkpoint_config(state)
-    out_dir = _writable_dir(out_dir or run_dir / "export")
+    calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
+    out_dir = _writable_dir(out_dir or run_dir / "export")  # created only once the inputs are known good
     stem = state["game"]["name"].lower()
     targets = {v.name: out_dir / f"{stem}.{v.name}.onnx" for v in variants}
     existing = [str(p) for p in [*targets.values(), out_dir / REPORT_NAME] if p.exists()]
@@ -108,7 +111,6 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     system = load_system(state)
     summary = summarize(system)
     agent = system.inference_agent().eval()
-    calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
     with torch.no_grad():
         reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
     progress("exporting the inference path to ONNX")
@@ -121,7 +123,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
             model = quantize(fp32, variant, calibration) if variant.quantized else onnx.ModelProto.FromString(
                 fp32.SerializeToString())
             staged = staging / targets[variant.name].name
-            save_model(attach_card(model, _card(state, summary, variant)), staged)
+            save_model(attach_card(model, _card(state, summary, variant, len(calibration))), staged)
             row = {"variant": variant.name, "path": str(targets[variant.name]), "description": variant.description,
                    **_parity(staged, reference, held_out)}
             threshold = variant.min_agreement if min_agreement is None else min_agreement
@@ -139,6 +141,8 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     report = {"run": str(run_dir), "game": state["game"]["name"], "iteration": state["iteration"],
               "config_digest": cfg.digest(), "inference_params": summary["inference_params"],
               "training_params": summary["training_params"], "inference_macs": summary["inference_macs"],
+              # fp32 graph initializers vs the torch count; export/params.py says why they differ
+              "graph_params": graph_params(fp32), "expected_graph_params": expected_graph_params(agent),
               "calibration_frames": len(calibration), "held_out_frames": len(held_out), "variants": rows,
               "report": str(out_dir / REPORT_NAME)}
     atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())

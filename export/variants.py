@@ -1,9 +1,11 @@
 """The export formats, as data: each variant is one ONNX file made from the fp32 graph.
 
-Static QDQ quantization calibrated on real game frames: dynamic int8 turns Conv into ConvInteger,
-which has no fast kernel and ran slower than fp32 (reference). The activation type matters most:
-with x86 VNNI, uint8 activations / int8 weights ran 2.6x faster than int8/int8; ARM prefers
-int8/int8. Measure on the target: `int8` is for x86, `int8-arm` for Raspberry Pi and Jetson CPUs.
+Static QDQ quantization calibrated (min-max) on real game frames: dynamic int8 turns Conv into
+ConvInteger, which has no fast kernel and ran slower than fp32 (reference). Activation type: the
+reference's Intel VNNI machine ran uint8 activations / int8 weights 2.6x faster than int8/int8; on
+this project's AMD EPYC (AVX512-VNNI, onnxruntime 1.32, paper size, batch 1, 1 thread) both ran
+0.73 ms against 2.6-3.1 ms for fp32. uint8/int8 was as fast or faster on both x86 machines, so `int8` uses it; ARM
+prefers int8/int8 (`int8-arm`, for Raspberry Pi and Jetson CPUs). Measure on the target.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from dlswm.errors import UserError
@@ -29,7 +31,8 @@ class Variant:
     weight_type: str | None = None
     per_channel: bool = True
     # Ops given to the quantizer. The codebook-distance MatMul stays fp32: quantizing it gained no
-    # speed (paper size, 1 thread: 0.715 vs 0.710 ms p50) and could only flip code indices.
+    # speed (paper size, 1 thread: 0.727 vs 0.732 ms p50) and flipped more code indices (held-out
+    # code agreement 0.57 vs 0.68 on a paper-size network with data-initialised codebook).
     op_types: tuple[str, ...] = ("Conv", "Gemm")
     min_agreement: float = 0.97  # greedy-action agreement with torch fp32 below which it is not written
 
@@ -37,8 +40,13 @@ class Variant:
     def quantized(self) -> bool:
         return self.activation_type is not None
 
-    def settings(self) -> dict:
-        return asdict(self) if self.quantized else {}
+    def settings(self, calibration_frames: int) -> dict:
+        """What the model card records: enough to redo the quantization."""
+        if not self.quantized:
+            return {}
+        return {**asdict(self), "format": "QDQ", "calibration": {"method": "MinMax", "frames": calibration_frames,
+                                                                   "source": "replay buffer"},
+                "codebook_matmul": "int8" if "MatMul" in self.op_types else "fp32", "pre_process": True}
 
 
 VARIANTS = {v.name: v for v in [
@@ -73,9 +81,11 @@ def quantize(fp32: onnx.ModelProto, variant: Variant, calibration: np.ndarray) -
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(fp32, str(src))
-        quant_pre_process(str(src), str(pre))  # shape inference + graph optimisation first, as ORT advises
+        # Shape inference + graph optimisation, as onnxruntime advises: at paper size it changed
+        # neither latency nor agreement, but without it the quantizer warns on stderr.
+        quant_pre_process(str(src), str(pre))
         quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(variant.op_types), per_channel=variant.per_channel,
                         activation_type=QuantType[variant.activation_type],
-                        weight_type=QuantType[variant.weight_type])
+                        weight_type=QuantType[variant.weight_type], calibrate_method=CalibrationMethod.MinMax)
         return onnx.load_model(str(dst))

@@ -164,3 +164,20 @@ def test_dynamics_loss_falls_when_it_overfits_one_batch(fresh):
 
     losses = overfit(loss, system.dynamics.parameters())
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
+
+
+def test_mixed_precision_path_trains(fresh):
+    """The bf16 autocast used on CUDA, exercised with CPU autocast: finite losses, fp32 weights."""
+    from dlswm.train.imagine import PolicyTrainer
+    from dlswm.train.world_model import WorldModelTrainer
+
+    cfg, system, buffer = fresh
+    cpu = torch.device("cpu")
+    wm, pt = WorldModelTrainer(system, cfg, cpu), PolicyTrainer(system, cfg, cpu)
+    assert not wm.amp and not pt.amp  # never on CPU by default
+    wm.amp = pt.amp = True
+    rng = np.random.default_rng(0)
+    metrics = wm.train(buffer, 0.1, rng, lambda n: None)
+    metrics.update(pt.update(buffer, rng))
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in system.parameters())

@@ -11,6 +11,7 @@ from dlswm.config import Config
 from dlswm.models import System
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
+from dlswm.train.world_model import autocast
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool 
         out["frames"].append(_decode(system, z))
     result = {k: torch.stack(v) for k, v in out.items()}
     result["last_value"] = policy(z)[1]
-    return result
+    return {k: v.float() if v.is_floating_point() else v for k, v in result.items()}
 
 
 def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,7 @@ def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
 class PolicyTrainer:
     def __init__(self, system: System, cfg: Config, device: torch.device):
         self.system, self.cfg, self.device = system, cfg, device
+        self.amp = cfg.amp and device.type == "cuda"
         self.optimizer = torch.optim.Adam(system.policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
@@ -63,7 +65,8 @@ class PolicyTrainer:
         p = self.cfg.ppo
         start = buffer.observations(rng.integers(0, len(buffer), p.num_envs))
         self.system.eval()  # BatchNorm statistics stay as the world model learnt them
-        roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps)
+        with autocast(self.device, self.amp):  # the rollout only; PPO's own steps stay fp32
+            roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps)
         advantages, returns = gae(roll["rewards"], roll["values"], roll["last_value"], p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],

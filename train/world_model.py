@@ -19,11 +19,17 @@ from dlswm.train.buffer import ReplayBuffer
 Progress = Callable[[int], None]  # advance the phase's progress bar by n batches
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 mixed precision: no loss scaling needed, and fp32 where autocast keeps it (losses)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class WorldModelTrainer:
     """One Adam over three groups: VQ-VAE (lr 1e-4), dynamics (5e-4), reward head (1e-3)."""
 
     def __init__(self, system: System, cfg: Config, device: torch.device):
         self.system, self.cfg, self.device = system, cfg, device
+        self.amp = cfg.amp and device.type == "cuda"
         reward = list(system.dynamics.reward_head.parameters())
         reward_ids = {id(p) for p in reward}
         dynamics = [p for p in system.dynamics.parameters() if id(p) not in reward_ids]
@@ -38,7 +44,11 @@ class WorldModelTrainer:
 
     def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
-        return vqvae_loss(self.system.vqvae(frames), frames, self.cfg.vqvae)
+        with autocast(self.device, self.amp):
+            out = self.system.vqvae(frames)
+        # The likelihood of 36,864 pixels is summed: compute it in fp32.
+        out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+        return vqvae_loss(out, frames, self.cfg.vqvae)
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -84,14 +94,16 @@ class WorldModelTrainer:
             seq = buffer.sequences(rng.choice(starts, d.batch_size), d.seq_len)
             obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
             B, T = obs.shape[:2]
-            with torch.set_grad_enabled(not d.stop_embedding_grad):
-                z_e = encoder(obs.flatten(0, 1))  # (B * T, D, 6, 6)
-            codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
-            z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
-            loss, m = dynamics_loss(
-                system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
-                torch.from_numpy(seq["actions"]).to(self.device), torch.from_numpy(seq["rewards"]).to(self.device),
-                torch.from_numpy(seq["first"]).to(self.device), self.cfg)
+            with autocast(self.device, self.amp):
+                with torch.set_grad_enabled(not d.stop_embedding_grad):
+                    z_e = encoder(obs.flatten(0, 1)).float()  # (B * T, D, 6, 6)
+                codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
+                z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
+                loss, m = dynamics_loss(
+                    system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]),
+                    codes.view(B, T, *codes.shape[1:]), torch.from_numpy(seq["actions"]).to(self.device),
+                    torch.from_numpy(seq["rewards"]).to(self.device), torch.from_numpy(seq["first"]).to(self.device),
+                    self.cfg)
             if i % d.vqvae_every == 0:
                 vq_loss, vq_metrics = self._vqvae_loss(buffer, rng)
                 loss = loss + vq_loss
