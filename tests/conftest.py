@@ -1,8 +1,13 @@
+import os
 from pathlib import Path
 
-import pytest
+# One torch thread per test process (subprocesses inherit it): on 2 shared cores, torch's OpenMP
+# threads spin against anything else running and a batch-1 forward pass slows down 50-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from dlswm.config import Config, resolve
+import pytest  # noqa: E402
+
+from dlswm.config import Config, resolve  # noqa: E402
 
 
 @pytest.fixture(params=["tiny", "paper"])
