@@ -134,25 +134,24 @@ def train(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Training run directory (or its checkpoint.pt).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory [default: RUN/export].")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default="RUN/export")] = None,
     variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm.")] = "fp32,int8",
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
-    min_agreement: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Greedy-action agreement a variant needs [default: 0.97 int8, 0.999 fp32].")] = None,
-    allow_low_agreement: Annotated[bool, typer.Option(help="Write variants under the agreement threshold anyway.")] = False,
+    min_agreement: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Greedy-action agreement a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
+    allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the agreement threshold anyway.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) as ONNX, with a parity report."""
     require_torch("export")
-    from rich.console import Console
     from rich.table import Table
 
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
 
-    console = Console(stderr=True)
-    with console.status("loading the run") as status:
+    log = console(stderr=True)
+    with log.status("loading the run") as status:
         def progress(message: str) -> None:
-            console.log(message)
+            log.print(message)  # the finished stages stay on screen; the spinner shows the current one
             status.update(message)
 
         report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_agreement,
@@ -166,7 +165,7 @@ def export(
         table.add_row(row["variant"], f"{row['size_mb']:.2f}", f"{row['action_agreement']:.3f}",
                       f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
-    Console().print(table)
+    console().print(table)
     for row in report["variants"]:
         typer.echo(f"{row['variant']}: {row['path'] if row['written'] else row['reason']}")
     typer.echo(f"report: {report['report']}")

@@ -5,16 +5,18 @@ differ only by what export rewrites:
   - BatchNorm folds into the conv before it: gamma and beta (2c) become one conv bias (c).
   - The codebook is stored twice: C (K, D) for the Gather of the embeddings, and C^T (D, K) with
     its squared norms ||C||^2 (K,) precomputed for the distance MatMul.
-  - The exporter drops a bias that is all zeros (an untrained network's folded BatchNorm biases and
-    zero-initialised policy heads): an untrained graph holds up to that many fewer.
-So a trained graph holds exactly `expected_graph_params`; the decoder or the dynamics would add
-hundreds of thousands (tiny) to millions (paper) more.
+  - The exporter's optimizer may drop a bias that is all zeros, as an Add of nothing: an untrained
+    network's folded BatchNorm biases, LayerNorm biases, policy heads. Whether it does depends on
+    the tensor's size (the tiny preset's (8, 6, 6) LayerNorm bias went, the paper's (64, 6, 6) stayed).
+So a graph holds `expected_graph_params` minus at most `zero_bias_values`: exactly the expected
+count once trained. The decoder or the dynamics would add 100k (tiny) to millions (paper) more.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from torch import nn
 
 from dlswm.models import InferenceAgent
@@ -29,6 +31,19 @@ def graph_params(model: onnx.ModelProto) -> int:
 
 def folded_batchnorm_channels(agent: InferenceAgent) -> int:
     return sum(m.num_features for m in agent.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def zero_bias_values(agent: InferenceAgent) -> int:
+    """Bias values the exporter may leave out because their whole tensor is zero."""
+    total = 0
+    for m in agent.modules():
+        if isinstance(m, nn.BatchNorm2d):  # the conv bias it folds into: beta - mean * gamma / std
+            bias = m.bias - m.running_mean * m.weight / (m.running_var + m.eps).sqrt()
+        else:
+            bias = getattr(m, "bias", None)
+        if isinstance(bias, torch.Tensor) and not bias.any():
+            total += bias.numel()
+    return total
 
 
 def expected_graph_params(agent: InferenceAgent) -> int:

@@ -7,8 +7,10 @@ import onnx
 import pytest
 import torch
 
+from dlswm.cli import main
 from dlswm.config import Config
 from dlswm.export.onnx_graph import to_onnx
+from dlswm.export.params import expected_graph_params, graph_params, zero_bias_values
 from dlswm.export.pipeline import REPORT_NAME
 from dlswm.models.summary import summarize
 from dlswm.runtime.model_card import FORMAT_VERSION
@@ -20,6 +22,22 @@ from dlswm.train.checkpoint import checkpoint_config, load_checkpoint, load_syst
 def dlswm(*args):
     return subprocess.run([sys.executable, "-c", "from dlswm.cli import main; main()", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`dlswm ARGS` in this process (no 3 s torch import per call): (exit code, stdout, stderr)."""
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["dlswm", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return (exit_info.value.code, *capsys.readouterr())
+    return run
+
+
+def assert_one_line_error(code, err, *words):
+    assert code != 0 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
 
 
 def real_frames(run_dir, n):
@@ -76,23 +94,25 @@ def test_metadata_round_trips(tiny_export, tiny_run_dir):
         assert card.provenance["config_digest"] == cfg.digest() and card.provenance["iteration"] == state["iteration"]
         assert card.params == summarize(load_system(state))["inference_params"]
         assert bool(card.quantization) is (variant != "fp32")
+    q = open_agent(paths["int8"]).card.quantization
+    assert (q["activation_type"], q["weight_type"], q["per_channel"], q["format"]) == ("QUInt8", "QInt8", True, "QDQ")
+    assert q["codebook_matmul"] == "fp32" and q["calibration"]["frames"] > 0
 
 
 def test_graph_holds_the_inference_weights_only(tiny_export, tiny_run_dir):
-    """Initializers add up to the inference count, give or take what export rewrites: BatchNorm
-    folds into its conv (gamma and beta become a bias), the codebook's squared norms may be
-    precomputed. The decoder alone would add as much again as the encoder."""
-    paths, _ = tiny_export
-    state = load_checkpoint(tiny_run_dir)
-    system = load_system(state)
+    """Initializers add up to the torch inference count as export/params.py explains; the decoder or
+    the dynamics would add more than the whole encoder."""
+    paths, report = tiny_export
+    system = load_system(load_checkpoint(tiny_run_dir))
+    agent = system.inference_agent()
     summary = summarize(system)
-    bn_channels = sum(m.num_features for m in system.inference_agent().modules()
-                      if isinstance(m, torch.nn.BatchNorm2d))
-    K = system.cfg.vqvae.codebook_size
     model = onnx.load(paths["fp32"])
-    values = sum(int(np.prod(init.dims)) for init in model.graph.initializer if len(init.dims) > 0)
-    assert abs(values - summary["inference_params"]) <= bn_channels + K
-    assert values < summary["inference_params"] + summary["components"]["decoder"] / 2
+    values, expected = graph_params(model), expected_graph_params(agent)
+    assert expected - zero_bias_values(agent) <= values <= expected
+    assert (report["graph_params"], report["expected_graph_params"]) == (values, expected)
+    assert values < summary["inference_params"] + min(summary["components"]["decoder"],
+                                                      summary["components"]["dynamics"]) / 10
+    assert values < summary["training_params"] / 2
     names = " ".join(init.name for init in model.graph.initializer)
     assert "decoder" not in names and "dynamics" not in names
 
@@ -107,37 +127,73 @@ def test_paper_size_graph_exports_at_three_million_parameters():
     assert 2_800_000 <= values <= 3_600_000
 
 
-def test_existing_output_needs_force(tiny_export, tiny_run_dir):
-    result = dlswm("export", tiny_run_dir)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and "--force" in result.stderr
-    assert result.stderr.count("\n") == 1
+def test_existing_output_needs_force(tiny_export, tiny_run_dir, cli):
+    code, _, err = cli("export", tiny_run_dir)
+    assert_one_line_error(code, err, "--force", str(tiny_run_dir / "export"))
+
+
+def test_checkpoint_path_force_and_atomic_outputs(tiny_run_dir, tmp_path, cli):
+    out = tmp_path / "out"
+    code, stdout, _ = cli("export", tiny_run_dir / "checkpoint.pt", "-o", out, "--variants", "fp32")
+    assert code == 0 and "fp32:" in stdout
+    target = out / "pong.fp32.onnx"
+    before = target.read_bytes()
+    code, _, err = cli("export", tiny_run_dir / "checkpoint.pt", "-o", out, "--variants", "fp32")
+    assert_one_line_error(code, err, str(target), "--force")
+    assert target.read_bytes() == before
+    code, _, _ = cli("export", tiny_run_dir, "-o", out, "--variants", "fp32", "--force")
+    assert code == 0 and open_agent(target).card.variant == "fp32"
+    assert sorted(p.name for p in out.iterdir()) == [REPORT_NAME, "pong.fp32.onnx"]  # no .tmp, no staging
+
+
+def test_low_agreement_variant_is_not_written(tiny_run_dir, tmp_path):
+    """The CLI takes thresholds up to 1, which fp32 meets: a stricter variant shows the refusal."""
+    from dataclasses import replace
+
+    from dlswm.export.pipeline import export_run
+    from dlswm.export.variants import VARIANTS
+
+    strict = replace(VARIANTS["fp32"], min_agreement=1.01)
+    report = export_run(tiny_run_dir, tmp_path, [strict], 64, force=False, min_agreement=None,
+                        allow_low_agreement=False, progress=lambda msg: None)
+    row = report["variants"][0]
+    assert not row["written"] and "< 1.01" in row["reason"] and "--allow-low-agreement" in row["reason"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_NAME]
+    assert json.loads((tmp_path / REPORT_NAME).read_text())["variants"][0]["reason"] == row["reason"]
 
 
 @pytest.fixture
 def broken_runs(tmp_path, tiny_run_dir):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    truncated = tmp_path / "truncated"
-    truncated.mkdir()
-    (truncated / "checkpoint.pt").write_bytes((tiny_run_dir / "checkpoint.pt").read_bytes()[:5000])
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "checkpoint.pt").write_text("not a checkpoint")
-    return {"missing": tmp_path / "nope", "no checkpoint": empty, "truncated": truncated, "foreign": foreign}
+    def run_dir(name, checkpoint: bytes | None):
+        path = tmp_path / name
+        path.mkdir()
+        if checkpoint is not None:
+            (path / "checkpoint.pt").write_bytes(checkpoint)
+        return path
+
+    good = (tiny_run_dir / "checkpoint.pt").read_bytes()
+    return {"missing": tmp_path / "nope", "no checkpoint": run_dir("empty", None),
+            "truncated": run_dir("truncated", good[:5000]), "foreign": run_dir("foreign", b"not a checkpoint"),
+            "no buffer": run_dir("no-buffer", good)}
 
 
-@pytest.mark.parametrize("case", ["missing", "no checkpoint", "truncated", "foreign"])
-def test_bad_runs_give_one_line_errors(broken_runs, case, tmp_path):
+@pytest.mark.parametrize("case", ["missing", "no checkpoint", "truncated", "foreign", "no buffer"])
+def test_bad_runs_give_one_line_errors(broken_runs, case, tmp_path, cli):
     out = tmp_path / "out"
-    result = dlswm("export", broken_runs[case], "-o", out)
-    assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
-    assert not out.exists() or not any(out.iterdir())
+    code, _, err = cli("export", broken_runs[case], "-o", out)
+    assert_one_line_error(code, err)
+    assert not out.exists()  # nothing created, let alone half-written
 
 
-def test_unwritable_out_dir_is_a_one_line_error(tiny_run_dir, tmp_path):
+def test_bad_run_in_a_real_process(broken_runs, tmp_path):
+    result = dlswm("export", broken_runs["truncated"], "-o", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr and "truncated" in result.stderr
+
+
+def test_unwritable_out_dir_is_a_one_line_error(tiny_run_dir, tmp_path, cli):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = dlswm("export", tiny_run_dir, "-o", blocker / "sub")
-    assert result.returncode != 0 and result.stderr.startswith("error: cannot write to")
-    assert result.stderr.count("\n") == 1
+    code, _, err = cli("export", tiny_run_dir, "-o", blocker / "sub")
+    assert_one_line_error(code, err, "cannot write to")
+    assert blocker.read_text() == "x" and not list(tmp_path.glob("**/*.tmp"))
