@@ -103,9 +103,9 @@ class Device(str, enum.Enum):
 @app.command()
 def train(
     game: Annotated[str | None, typer.Argument(help="Atari game, e.g. Pong (not needed with --resume).")] = None,
-    preset: Annotated[Preset | None, typer.Option("--preset", "-p", help="Named hyperparameter set [default: cpu].")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory [default: runs/GAME-PRESET-sSEED].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of networks, environments and sampling [default: 0].")] = None,
+    preset: Annotated[Preset | None, typer.Option("--preset", "-p", help="Named hyperparameter set.", show_default="cpu")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.", show_default="runs/GAME-PRESET-sSEED")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of networks, environments and sampling.", show_default="0")] = None,
     device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration.")] = False,
     overrides: SetOption = [],  # noqa: B006
@@ -179,12 +179,12 @@ DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or any execution pro
 
 @app.command()
 def play(
-    model: Annotated[Path | None, typer.Argument(help="An agent exported by `dlswm export` [default: the shipped agent].")] = None,
+    model: Annotated[Path | None, typer.Argument(help="An agent exported by `dlswm export`.", show_default="the shipped agent")] = None,
     device: DeviceOption = "cpu",
     episodes: Annotated[int, typer.Option(help="Full games to play.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the no-op starts and of action sampling.")] = 0,
     threads: ThreadsOption = 1,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature, 0 = greedy [default: the model's eval temperature].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature, 0 = greedy.", show_default="the model's eval temperature")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cut each episode after this many steps (the protocol's cap is 27,000).")] = None,
     record: Annotated[Path | None, typer.Option(help="Write the played frames as an animated GIF.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
@@ -232,6 +232,7 @@ def bench(
     duration: Annotated[float, typer.Option(help="Seconds of timed calls per variant.")] = 3.0,
     torch_run: Annotated[Path | None, typer.Option("--torch", help="Also measure the run's weights in torch eager fp32 (needs the train extra).")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Merge bench JSON results from several machines.")] = False,
+    peak: Annotated[bool, typer.Option("--peak", help="Measure this machine's int8/fp32 matmul peak; print each variant's distance from its floor (needs onnx).")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a latency chart (PNG, needs matplotlib).")] = None,
@@ -252,7 +253,7 @@ def bench(
         except ValueError:
             raise UserError(f"--threads expects comma-separated integers, got '{threads}'") from None
         log = console(stderr=True)
-        result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run,
+        result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run, peak,
                                  progress=lambda msg: log.log(f"measuring {msg}"))
         row = result["rows"][0]
         title = (f"dlswm bench: {result['game']}, {row['params']:,} params, {row['mmacs']:.1f}M MACs, "

@@ -19,6 +19,7 @@ from dlswm.errors import UserError
 from dlswm.runtime.atari import make_env
 from dlswm.runtime.machine import machine
 from dlswm.runtime.model_card import ModelCard
+from dlswm.runtime.peak import matmul_peak_gmacs
 from dlswm.runtime.session import open_agent
 
 FRAMES = 256  # real observations for the action-agreement column
@@ -62,7 +63,7 @@ def _row(label: str, variant: str, threads: int, batch: int, card: ModelCard, si
 
 
 def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
-          torch_run: Path | None, progress=lambda msg: None) -> dict[str, Any]:
+          torch_run: Path | None, peak: bool = False, progress=lambda msg: None) -> dict[str, Any]:
     if not models:
         raise UserError("give at least one MODEL.onnx")
     if any(t < 1 for t in threads) or batch < 1 or duration <= 0 or warmup < 0:
@@ -90,9 +91,18 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
                 result = _measure("torch", torch_run, t, batch, warmup, duration, frames_path)
                 rows.append(_row(label, "torch-fp32", t, batch, card, None, result))
     _relate(rows)
+    peaks = {}
+    if peak:
+        for t in threads:
+            progress(f"matrix-multiply peaks, {t} thread(s)")
+            peaks[t] = {kind: matmul_peak_gmacs(kind, t) for kind in ("int8", "fp32")}
+        for r in rows:
+            kind = "fp32" if r["variant"] in ("fp32", "torch-fp32") else "int8"
+            floor_ms = r["mmacs"] * 1e6 * batch / (peaks[r["threads"]][kind] * 1e9) * 1e3
+            r["floor_ms"], r["x_floor"] = floor_ms, r["p50_ms"] / floor_ms
     return {"dlswm_version": dlswm.__version__, "machine": host, "game": card.game,
             "settings": {"threads": threads, "batch": batch, "warmup": warmup, "duration_s": duration},
-            "rows": rows}
+            "peak_gmacs": peaks, "rows": rows}
 
 
 def _relate(rows: list[dict[str, Any]]) -> None:

@@ -41,6 +41,7 @@ BENCH_COLUMNS = [  # (header, row key, format)
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("p99 ms", "p99_ms", "{:.3f}"),
     ("inf/s", "inferences_per_s", "{:.0f}"), ("GMAC/s", "gmacs_per_s", "{:.1f}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"), ("agree", "agreement", "{:.3f}"), ("speed-up", "speedup", "{:.2f}x"),
+    ("x floor", "x_floor", "{:.2f}"),
 ]
 # A terminal is ~80 columns: the model's size columns are in the title, the machine only when merged.
 TERMINAL_DROP = {"params", "mmacs"}
@@ -52,6 +53,7 @@ def _cells(row: dict[str, Any], columns: list[tuple[str, str, str]]) -> list[str
 
 def bench_table(rows: list[dict[str, Any]], title: str) -> Table:
     drop = TERMINAL_DROP | ({"machine"} if len({r["machine"] for r in rows}) == 1 else set())
+    drop |= {"x_floor"} if all(r.get("x_floor") is None for r in rows) else set()
     columns = [c for c in BENCH_COLUMNS if c[1] not in drop]
     table = Table(title=title)
     for header, key, _ in columns:

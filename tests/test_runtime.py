@@ -73,9 +73,11 @@ def test_recorded_gif_decodes_to_the_frames(tmp_path):
 def test_bench_measures_two_variants_and_compare_merges(tiny_export, tmp_path):
     paths, _ = tiny_export
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    result = dlswm("bench", paths["fp32"], paths["int8"], "--duration", 0.3, "--warmup", 5, "--json", a)
+    result = dlswm("bench", paths["fp32"], paths["int8"], "--duration", 0.3, "--warmup", 5, "--peak", "--json", a)
     assert result.returncode == 0, result.stderr
     data = json.loads(a.read_text())
+    assert data["peak_gmacs"]["1"]["int8"] > 0 and data["peak_gmacs"]["1"]["fp32"] > 0
+    assert all(r["x_floor"] > 0 for r in data["rows"])  # p50 over MACs / peak
     assert [r["variant"] for r in data["rows"]] == ["fp32", "int8"]
     for row in data["rows"]:
         assert row["p50_ms"] > 0 and row["inferences_per_s"] > 0 and row["peak_rss_mb"] > 0
