@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import onnxruntime as ort
-import psutil
 
 # Flags that change which int8/fp32 kernels onnxruntime can use.
 KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
@@ -40,18 +39,32 @@ def machine() -> dict[str, object]:
             "onnxruntime": ort.__version__}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image. Linux: VmHWM, which exec resets (ru_maxrss
-    keeps the parent's peak across fork + exec). Elsewhere ru_maxrss: KiB on Linux, bytes on macOS."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (Linux) in MB; None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. Linux: VmHWM, which exec resets (ru_maxrss
+    keeps the parent's peak across fork + exec). Elsewhere ru_maxrss: bytes on macOS."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
 
 
 def rss_mb() -> float:
+    """Resident memory now; psutil (~3 MB of imports) only where /proc is missing."""
+    rss = _proc_status_mb("VmRSS")
+    if rss is not None:
+        return rss
+    import psutil
+
     return psutil.Process().memory_info().rss / (1024 * 1024)
