@@ -136,6 +136,8 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
         for row in rows:
             if row["written"]:
                 os.replace(staging / targets[row["variant"]].name, targets[row["variant"]])
+            else:  # with --force, an older export of this variant would otherwise pass for the new one
+                targets[row["variant"]].unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report = {"run": str(run_dir), "game": state["game"]["name"], "iteration": state["iteration"],

@@ -32,7 +32,9 @@ def inference_macs(system: System) -> int:
     try:
         env = system.cfg.env
         with torch.no_grad():
-            _, _, codes = agent(torch.zeros(1, env.frame_stack, env.frame_size, env.frame_size, dtype=torch.uint8))
+            device = next(agent.parameters()).device
+            _, _, codes = agent(torch.zeros(1, env.frame_stack, env.frame_size, env.frame_size, dtype=torch.uint8,
+                                            device=device))
     finally:
         for h in hooks:
             h.remove()

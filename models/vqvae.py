@@ -98,9 +98,10 @@ class Codebook(nn.Module):
         quantizes, where cdist does neither well.
         """
         B, D, H, W = z_e.shape
-        z = z_e.permute(0, 2, 3, 1).reshape(B * H * W, D)  # (N, D)
-        distances = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.embedding.t()
-                     + self.embedding.pow(2).sum(1))  # (N, K)
+        z = z_e.float().permute(0, 2, 3, 1).reshape(B * H * W, D)  # (N, D)
+        with torch.autocast(z.device.type, enabled=False):  # bf16 would flip nearest codes
+            distances = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.embedding.t()
+                         + self.embedding.pow(2).sum(1))  # (N, K)
         return distances.argmin(1).view(B, H, W)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
@@ -120,10 +121,11 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor) -> None:
-        z = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])  # (N, D)
-        onehot = F.one_hot(indices.reshape(-1), self.size).type_as(z)  # (N, K)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embedding_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
+        z = z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])  # (N, D)
+        onehot = F.one_hot(indices.reshape(-1), self.size).float()  # (N, K)
+        with torch.autocast(z.device.type, enabled=False):  # running sums stay fp32
+            self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+            self.embedding_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)
         # Laplace smoothing keeps unused entries from dividing by zero.
         n = self.cluster_size.sum()
         size = (self.cluster_size + self.epsilon) / (n + self.size * self.epsilon) * n

@@ -40,6 +40,9 @@ def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {max_steps}")
     card = agent.card
+    width = agent.session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != card.num_actions:
+        raise UserError(f"{agent.path}: the model outputs {width} logits but its card lists {card.num_actions} actions")
     game = resolve_game(card.game, card.env_config.full_action_space)
     if list(game.action_ids) != list(card.action_ids):
         raise UserError(f"{agent.path}: the model's {card.num_actions} actions do not match {game.name}'s "

@@ -160,6 +160,14 @@ def test_low_agreement_variant_is_not_written(tiny_run_dir, tmp_path):
     assert not row["written"] and "< 1.01" in row["reason"] and "--allow-low-agreement" in row["reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_NAME]
     assert json.loads((tmp_path / REPORT_NAME).read_text())["variants"][0]["reason"] == row["reason"]
+    # With --force over an earlier export, the refused variant's old file goes too: it must not
+    # pass for the new one.
+    export_run(tiny_run_dir, tmp_path, [VARIANTS["fp32"]], 64, force=True, min_agreement=None,
+               allow_low_agreement=False, progress=lambda msg: None)
+    assert (tmp_path / "pong.fp32.onnx").exists()
+    export_run(tiny_run_dir, tmp_path, [strict], 64, force=True, min_agreement=None,
+               allow_low_agreement=False, progress=lambda msg: None)
+    assert not (tmp_path / "pong.fp32.onnx").exists()
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def bad_models(tiny_export, tmp_path):
 @pytest.mark.parametrize("case, words", [
     ("missing", "does not exist"), ("directory", "is a directory"), ("truncated", "not a loadable ONNX"),
     ("text", "not a loadable ONNX"), ("foreign", "not a dlswm agent"), ("newer", "upgrade dlswm"),
-    ("wrong actions", "do not match"),
+    ("wrong actions", "3 actions"),
 ])
 def test_bad_models_give_one_line_errors(bad_models, case, words):
     result = dlswm("play", bad_models[case], "--max-steps", 5)

@@ -51,6 +51,9 @@ def test_second_run_into_the_same_dir_refuses_and_finished_run_says_so(tiny_run_
     assert finished.returncode == 0 and "finished" in finished.stdout
     unknown = dlswm("train", "Breakoot", "--preset", "tiny", "--out", tiny_run_dir.parent / "x")
     assert unknown.returncode == 2 and "Breakout" in unknown.stderr and "Traceback" not in unknown.stderr
+    short = dlswm("train", "Pong", "--preset", "tiny", "--out", tiny_run_dir.parent / "y", "--set", "schedule.iterations=3")
+    assert short.returncode == 2 and short.stderr.count("\n") == 1 and "one per iteration" in short.stderr
+    assert not (tiny_run_dir.parent / "y").exists()  # refused before anything was written
 
 
 def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_path):
@@ -100,6 +103,8 @@ def real_chunk():
         recorder.step(actions, obs, rewards, terminated | truncated)
         seen.append(obs.copy())
     env.close()
+    # Stored frames are copies: a view would keep every step's whole (N, S, H, W) batch alive.
+    assert all(f.base is None for s in recorder.streams for f in s["frames"])
     return cfg, recorder.chunk(), np.stack(seen)  # seen: (T + 1, 2, S, H, W)
 
 

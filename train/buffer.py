@@ -90,6 +90,8 @@ class ReplayBuffer:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, **chunk)
+            f.flush()
+            os.fsync(f.fileno())  # the checkpoint that follows must never point at a torn chunk
         os.replace(tmp, path)
 
     @classmethod
@@ -115,7 +117,7 @@ class StreamRecorder:
 
     def _append(self, e: int, frame: np.ndarray, first: bool) -> None:
         s = self.streams[e]
-        s["frames"].append(frame)
+        s["frames"].append(frame.copy())  # a view would keep the env's whole (N, S, H, W) batch alive
         s["actions"].append(0)
         s["rewards"].append(0.0)
         s["first"].append(first)

@@ -15,13 +15,14 @@ from dlswm.train.world_model import autocast
 
 
 @torch.no_grad()
-def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool = False
+def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool = False, amp: bool = False
             ) -> dict[str, torch.Tensor]:
     """Roll the policy through the dynamics model for `horizon` steps.
 
     start_obs uint8 (N, S, 96, 96): real observations the rollouts start from. Returns z (T, N, D, 6, 6),
     actions, log_probs, values, rewards (T, N), last_value (N,); with `decode`, also the decoder's
-    mean frames (T + 1, N, S, 96, 96) for pictures.
+    mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model (the bulk of the
+    work) in bf16; the policy stays fp32 so PPO's old and new log-probs compare like with like.
     """
     codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
     z = codebook.embed(codebook.lookup(system.vqvae.encoder(start_obs)))  # (N, D, 6, 6)
@@ -37,7 +38,9 @@ def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool 
         out["values"].append(value)
         if decode:
             out["frames"].append(_decode(system, z))
-        code_logits, reward_logits, state = dynamics.step(z, action, state)
+        with autocast(z.device, amp):
+            code_logits, reward_logits, state = dynamics.step(z, action, state)
+        code_logits, reward_logits = code_logits.float(), reward_logits.float()
         codes = torch.distributions.Categorical(logits=code_logits.movedim(1, -1)).sample()  # (N, 6, 6)
         reward_class = torch.distributions.Categorical(logits=reward_logits).sample()  # (N,)
         out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
@@ -46,7 +49,7 @@ def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool 
         out["frames"].append(_decode(system, z))
     result = {k: torch.stack(v) for k, v in out.items()}
     result["last_value"] = policy(z)[1]
-    return {k: v.float() if v.is_floating_point() else v for k, v in result.items()}
+    return result
 
 
 def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,7 @@ class PolicyTrainer:
         p = self.cfg.ppo
         start = buffer.observations(rng.integers(0, len(buffer), p.num_envs))
         self.system.eval()  # BatchNorm statistics stay as the world model learnt them
-        with autocast(self.device, self.amp):  # the rollout only; PPO's own steps stay fp32
-            roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps)
+        roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps, amp=self.amp)
         advantages, returns = gae(roll["rewards"], roll["values"], roll["last_value"], p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],

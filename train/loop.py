@@ -5,7 +5,6 @@ in imagination, evaluate on real games, save. Each finished iteration is a check
 from __future__ import annotations
 
 import json
-import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +46,10 @@ def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, di
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
     assert cfg is not None
+    s = cfg.schedule
+    if len(s.wm_epochs) < s.iterations or len(s.ppo_updates) < s.iterations:
+        raise UserError(f"schedule.iterations={s.iterations} but schedule.wm_epochs has {len(s.wm_epochs)} "
+                        f"and schedule.ppo_updates {len(s.ppo_updates)} entries: give one per iteration")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     return cfg, None
@@ -77,11 +80,9 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
     if done >= s.iterations:
         print(f"{out}: the run is finished ({done}/{s.iterations} iterations); nothing to resume")
         return out
-    assert len(s.wm_epochs) >= s.iterations and len(s.ppo_updates) >= s.iterations, "schedule shorter than the run"
     device = pick_device(device_name)
     game = resolve_game(cfg.env.game, cfg.env.full_action_space)
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     system = System(cfg, game.num_actions).to(device)
     wm, pt = WorldModelTrainer(system, cfg, device), PolicyTrainer(system, cfg, device)
@@ -93,7 +94,12 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
         pt.optimizer.load_state_dict(state["optimizers"]["policy"])
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
-        buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        try:
+            buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged ({e})") from None
         real_steps = state["real_steps"]
     _truncate_metrics(out / "metrics.jsonl", done)
     from torch.utils.tensorboard import SummaryWriter
@@ -114,7 +120,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                 steps = s.initial_steps if it == 1 else s.steps_per_iteration
                 policy = (random_policy(game.num_actions, rng) if it == 1 else
                           torch_policy(system, device, cfg.policy.collect_temperature, seed=cfg.seed + it))
-                chunk, stats = collect(cfg.env, policy, steps, s.collect_envs, seed=cfg.seed * 1000 + it,
+                chunk, stats = collect(cfg.env, policy, steps, s.collect_envs, seed=_env_seed(cfg.seed, it, "collect"),
                                        progress=phase(f"{tag} collect", steps))
                 ReplayBuffer.save_chunk(chunk, ReplayBuffer.chunk_path(out / "buffer", it))
                 buffer.add_chunk(chunk)
@@ -134,13 +140,14 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                     ppo_metrics.append(pt.update(buffer, rng))
                     advance(1)
                 imagined = updates * cfg.ppo.num_envs * cfg.ppo.rollout_steps
-                metrics.update({k: float(np.mean([m[k] for m in ppo_metrics])) for k in ppo_metrics[0]})
+                metrics.update({k: float(np.mean([m[k] for m in ppo_metrics])) for k in (ppo_metrics or [{}])[0]})
                 metrics["throughput/imagined_steps_per_s"] = imagined / max(time.perf_counter() - t0, 1e-9)
 
                 # ---- 4. evaluate on real games -------------------------------------------------
-                phase(f"{tag} evaluate", 1)
-                scores = evaluate(cfg.env, torch_policy(system, device, cfg.policy.eval_temperature, seed=it),
-                                  s.eval_episodes, seed=10_000 + it)
+                evaluated, eval_seed = phase(f"{tag} evaluate", 1), _env_seed(cfg.seed, it, "evaluate")
+                scores = evaluate(cfg.env, torch_policy(system, device, cfg.policy.eval_temperature, seed=eval_seed),
+                                  s.eval_episodes, seed=eval_seed)
+                evaluated(1)
                 metrics.update({"eval/mean_score": float(np.mean(scores)), "eval/std_score": float(np.std(scores)),
                                 "eval/episodes": len(scores)})
 
@@ -155,7 +162,8 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                     "real_steps": real_steps,
                     "models": system.state_dict(),
                     "optimizers": {"world_model": wm.optimizer.state_dict(), "policy": pt.optimizer.state_dict()},
-                    "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+                    "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
                     "eval": {"mean_score": metrics["eval/mean_score"], "episodes": len(scores)},
                     "dlswm_version": dlswm.__version__,
                 })
@@ -174,11 +182,25 @@ def _finished(out: Path) -> int:
     return load_checkpoint(out / CHECKPOINT_NAME)["iteration"] if (out / CHECKPOINT_NAME).exists() else 0
 
 
+def _env_seed(seed: int, iteration: int, purpose: str) -> int:
+    """Distinct no-op starts for every run seed, iteration and purpose (ale_py seeds env e with
+    seed + e, so the blocks are spaced far apart)."""
+    return seed * 1_000_000 + iteration * 1_000 + {"collect": 0, "evaluate": 500}[purpose]
+
+
+def _parsed(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:  # a line torn by a kill mid-append
+        return None
+
+
 def _truncate_metrics(path: Path, iterations: int) -> None:
     """Drop the lines of an iteration that never reached its checkpoint."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iterations]
+    lines = [line for line in path.read_text().splitlines()
+             if (m := _parsed(line)) is not None and m["iteration"] <= iterations]
     atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
 
 

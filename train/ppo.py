@@ -41,7 +41,7 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Ten
     ratio = log_ratio.exp()
     adv = mb["advantages"]
     if cfg.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)  # a 1-sample minibatch gives 0, not NaN
     policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
     values_clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.value_clip_coef, cfg.value_clip_coef)
     value_loss = 0.5 * torch.max(F.mse_loss(values, mb["returns"], reduction="none"),
