@@ -14,19 +14,36 @@ from dlswm.train.ppo import gae, ppo_loss
 from dlswm.train.world_model import autocast
 
 
+def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Generator,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """n real windows of `teacher_forcing_steps` observations: the dynamics model reads them as it
+    does in training before the rollouts go on from the last one."""
+    length = cfg.dynamics.teacher_forcing_steps
+    seq = buffer.sequences(rng.choice(buffer.sequence_starts(length), n), length)
+    return {k: torch.from_numpy(seq[k]).to(device) for k in ("obs", "actions", "first")}
+
+
 @torch.no_grad()
-def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool = False, amp: bool = False
-            ) -> dict[str, torch.Tensor]:
+def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, decode: bool = False,
+            amp: bool = False) -> dict[str, torch.Tensor]:
     """Roll the policy through the dynamics model for `horizon` steps.
 
-    start_obs uint8 (N, S, 96, 96): real observations the rollouts start from. Returns z (T, N, D, 6, 6),
+    context: real obs uint8 (N, C, S, 96, 96), actions and first (N, C) (`start_context`). The first
+    C - 1 steps are teacher-forced, as in training, to build the recurrent state; the rollouts start
+    from the last observation. Returns z (T, N, D, 6, 6),
     actions, log_probs, values, rewards (T, N), last_value (N,); with `decode`, also the decoder's
     mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model (the bulk of the
     work) in bf16; the policy stays fp32 so PPO's old and new log-probs compare like with like.
     """
     codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
-    z = codebook.embed(codebook.lookup(system.vqvae.encoder(start_obs)))  # (N, D, 6, 6)
-    state = dynamics.initial_state(z.shape[0], z)
+    N, C = context["actions"].shape
+    real = codebook.embed(codebook.lookup(system.vqvae.encoder(context["obs"].flatten(0, 1))))
+    real = real.view(N, C, *real.shape[1:])  # (N, C, D, 6, 6)
+    state = dynamics.initial_state(N, real[:, 0])
+    for t in range(C - 1):
+        with autocast(real.device, amp):
+            _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
+    z, reset = real[:, -1], context["first"][:, -1]
     out = defaultdict(list)
     for _ in range(horizon):
         logits, value = policy(z)  # (N, A), (N,)
@@ -39,7 +56,8 @@ def imagine(system: System, start_obs: torch.Tensor, horizon: int, decode: bool 
         if decode:
             out["frames"].append(_decode(system, z))
         with autocast(z.device, amp):
-            code_logits, reward_logits, state = dynamics.step(z, action, state)
+            code_logits, reward_logits, state = dynamics.step(z, action, state, reset=reset)
+        reset = None
         code_logits, reward_logits = code_logits.float(), reward_logits.float()
         codes = torch.distributions.Categorical(logits=code_logits.movedim(1, -1)).sample()  # (N, 6, 6)
         reward_class = torch.distributions.Categorical(logits=reward_logits).sample()  # (N,)
@@ -66,9 +84,9 @@ class PolicyTrainer:
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
         p = self.cfg.ppo
-        start = buffer.observations(rng.integers(0, len(buffer), p.num_envs))
+        context = start_context(buffer, self.cfg, p.num_envs, rng, self.device)
         self.system.eval()  # BatchNorm statistics stay as the world model learnt them
-        roll = imagine(self.system, torch.from_numpy(start).to(self.device), p.rollout_steps, amp=self.amp)
+        roll = imagine(self.system, context, p.rollout_steps, amp=self.amp)
         advantages, returns = gae(roll["rewards"], roll["values"], roll["last_value"], p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],

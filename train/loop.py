@@ -21,7 +21,7 @@ from dlswm.runtime.atari import resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.atomic import atomic_write_bytes
 from dlswm.train.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
-from dlswm.train.imagine import PolicyTrainer, imagine
+from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import collect, evaluate, random_policy, torch_policy
 from dlswm.train.world_model import WorldModelTrainer
@@ -216,6 +216,6 @@ def _log(path: Path, writer: Any, metrics: dict[str, float]) -> None:
 def _pictures(system: System, buffer: ReplayBuffer, rng: np.random.Generator, media: Path, it: int) -> None:
     obs = buffer.observations(rng.integers(0, len(buffer), 8))
     reconstruction_png(system, obs, media / f"recon_{it:03d}.png")
-    device = next(system.parameters()).device
-    rollout = imagine(system.eval(), torch.from_numpy(obs[:1]).to(device), system.cfg.ppo.rollout_steps, decode=True)
+    context = start_context(buffer, system.cfg, 1, rng, next(system.parameters()).device)
+    rollout = imagine(system.eval(), context, system.cfg.ppo.rollout_steps, decode=True)
     rollout_gif(rollout["frames"], media / f"imagined_{it:03d}.gif")
