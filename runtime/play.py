@@ -93,6 +93,8 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
                 game_over = bool(terminated[0] or truncated[0])
                 ended = game_over or (max_steps is not None and length >= max_steps)
                 progress(1)
+            if record is not None:
+                record.add(obs[0, -1])  # how the episode ended
             results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
             rss_after.append(rss_mb())
     finally:

@@ -34,7 +34,7 @@ def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path)
     assert [e["length"] for e in report["episodes"]] == [150, 150] and report["steps"] == 300
     import imageio.v3 as iio
 
-    assert iio.imread(gif, index=None).shape[0] == 300  # every observation the agent saw
+    assert iio.imread(gif, index=None).shape[0] == 302  # every observation, each episode's last one too
     assert all(e["truncated"] for e in report["episodes"])
     for lat in (report["latency_model"], report["latency_step"]):
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
