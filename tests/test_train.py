@@ -54,6 +54,9 @@ def test_second_run_into_the_same_dir_refuses_and_finished_run_says_so(tiny_run_
     short = dlswm("train", "Pong", "--preset", "tiny", "--out", tiny_run_dir.parent / "y", "--set", "schedule.iterations=3")
     assert short.returncode == 2 and short.stderr.count("\n") == 1 and "one per iteration" in short.stderr
     assert not (tiny_run_dir.parent / "y").exists()  # refused before anything was written
+    if not torch.cuda.is_available():
+        no_gpu = dlswm("train", "Pong", "--preset", "tiny", "--device", "cuda", "--out", tiny_run_dir.parent / "z")
+        assert no_gpu.returncode == 2 and "no CUDA device" in no_gpu.stderr and not (tiny_run_dir.parent / "z").exists()
 
 
 def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_path):

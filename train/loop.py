@@ -74,13 +74,13 @@ def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
 
 def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False) -> Path:
     # ---- setup ---------------------------------------------------------------------------------
+    device = pick_device(device_name)  # before anything is written
     cfg, state = prepare_run(out, cfg, resume)
     s = cfg.schedule
     done = state["iteration"] if state else 0
     if done >= s.iterations:
         print(f"{out}: the run is finished ({done}/{s.iterations} iterations); nothing to resume")
         return out
-    device = pick_device(device_name)
     game = resolve_game(cfg.env.game, cfg.env.full_action_space)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
