@@ -110,6 +110,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
           f"device {device}, iterations {done + 1}..{s.iterations}, out {out}")
     print(json.dumps(cfg.to_dict()))
 
+    saved = done  # the last iteration whose checkpoint is on disk
     try:
         with phases(s.iterations, done) as (phase, finish_iteration):
             for it in range(done + 1, s.iterations + 1):
@@ -167,19 +168,16 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                     "eval": {"mean_score": metrics["eval/mean_score"], "episodes": len(scores)},
                     "dlswm_version": dlswm.__version__,
                 })
+                saved = it
                 finish_iteration()
                 print(f"{tag}: eval score {metrics['eval/mean_score']:.1f}, real steps {real_steps}, "
                       f"latent acc {metrics.get('dynamics/latent_acc', float('nan')):.3f}")
     except KeyboardInterrupt:
-        raise UserError(f"interrupted; iterations 1..{_finished(out)} are saved: "
+        raise UserError(f"interrupted; iterations 1..{saved} are saved: "
                         f"`dlswm train --out {out} --resume` continues", code=130) from None
     finally:
         writer.close()
     return out
-
-
-def _finished(out: Path) -> int:
-    return load_checkpoint(out / CHECKPOINT_NAME)["iteration"] if (out / CHECKPOINT_NAME).exists() else 0
 
 
 def _env_seed(seed: int, iteration: int, purpose: str) -> int:

@@ -46,8 +46,8 @@ def collect(env_cfg: EnvConfig, policy: Policy, steps: int, num_envs: int, seed:
         recorder = StreamRecorder(num_envs)
         recorder.start(obs)
         returns, episode_return = [], np.zeros(num_envs)
-        done, t0 = 0, time.perf_counter()
-        while done < steps:
+        interactions, t0 = 0, time.perf_counter()
+        while interactions < steps:
             actions = policy(obs)
             obs, rewards, terminated, truncated, _ = env.step(actions)
             ended = terminated | truncated
@@ -55,12 +55,12 @@ def collect(env_cfg: EnvConfig, policy: Policy, steps: int, num_envs: int, seed:
             episode_return += rewards
             returns.extend(episode_return[ended].tolist())
             episode_return[ended] = 0
-            done += n
+            interactions += n
             progress(n)
         seconds = time.perf_counter() - t0
     finally:
         env.close()
-    stats = {"collect/steps": done, "throughput/env_steps_per_s": done / max(seconds, 1e-9),
+    stats = {"collect/steps": interactions, "throughput/env_steps_per_s": interactions / max(seconds, 1e-9),
              "collect/episodes": len(returns)}
     if returns:
         stats["collect/mean_return"] = float(np.mean(returns))
