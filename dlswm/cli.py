@@ -188,6 +188,7 @@ def play(
     max_steps: Annotated[int | None, typer.Option(help="Cut each episode after this many steps (the protocol's cap is 27,000).")] = None,
     record: Annotated[Path | None, typer.Option(help="Write the played frames as an animated GIF.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+    vs_random: Annotated[bool, typer.Option("--vs-random", help="Then play a uniformly random agent on the same seeds; report both human-normalized.")] = False,
 ) -> None:
     """Play Atari with an exported agent (no torch) and report score, latency and memory."""
     from rich.progress import Progress
@@ -212,9 +213,10 @@ def play(
     with contextlib.ExitStack() as stack:
         gif = stack.enter_context(GifWriter(record, (agent.card.env_config.frame_size,) * 2)) if record else None
         progress = stack.enter_context(Progress(transient=True, console=console(stderr=True)))
-        task = progress.add_task(f"{agent.card.game}: {episodes} episode(s)", total=None)
+        task = progress.add_task(f"{agent.card.game}: {episodes} episode(s)" + (" and a random agent's" if vs_random else ""),
+                                 total=None)
         report = play_games(agent, episodes, seed, temperature, max_steps, gif,
-                            progress=lambda n: progress.advance(task, n))
+                            progress=lambda n: progress.advance(task, n), vs_random=vs_random)
     console().print(play_table(report))
     if gif is not None:
         typer.echo(f"recorded {gif.frames} frames: {record}")

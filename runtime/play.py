@@ -9,17 +9,20 @@ from __future__ import annotations
 import importlib.resources
 import time
 from array import array
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 import dlswm
+from dlswm.config import EnvConfig
 from dlswm.errors import UserError
 from dlswm.runtime.atari import make_env, resolve_game
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
 from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
+from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import Agent
 
 
@@ -57,16 +60,30 @@ def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
-         record: GifWriter | None = None, progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
-    """Play `episodes` full games (or `max_steps` each); returns the report. With `record`, the
-    newest frame of every observation is added to it."""
-    check(agent, episodes, max_steps)
-    env = make_env(agent.card.env_config, 1)
+@dataclass
+class Episodes:
+    """What one policy did over a run of episodes; times in seconds, per step."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    model_s: array = field(default_factory=lambda: array("d"))  # compact: a list grows RSS ~1 MB per 15k steps
+    step_s: array = field(default_factory=lambda: array("d"))
+    rss_after_mb: list[float] = field(default_factory=list)
+
+    def score(self) -> dict[str, float]:
+        scores = np.array([r["score"] for r in self.results])
+        return {"mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
+                "max": float(scores.max())}
+
+
+def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
+                 temperature: float, max_steps: int | None = None, record: GifWriter | None = None,
+                 progress: Callable[[int], None] = lambda n: None) -> Episodes:
+    """`policy` (uint8 frame stacks -> logits) plays `episodes` full games (or `max_steps` each).
+    With `record`, the newest frame of every observation is added to it."""
+    env = make_env(env_config, 1)
     rng = np.random.default_rng(seed)
     clock = time.perf_counter
-    # Compact float arrays: a Python list of floats grows RSS by ~1 MB per 15k steps.
-    model_s, step_s, results, rss_after = array("d"), array("d"), [], []
+    out = Episodes()
     action = np.zeros(1, np.int64)
     try:
         obs, _ = env.reset(seed=seed)
@@ -81,13 +98,13 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
                 if record is not None:
                     record.add(obs[0, -1])
                 t0 = clock()
-                logits = agent.logits(obs)[0]
+                logits = policy(obs)[0]
                 t1 = clock()
                 action[0] = choose(logits, temperature, rng)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 t2 = clock()
-                model_s.append(t1 - t0)
-                step_s.append(t2 - t0)
+                out.model_s.append(t1 - t0)
+                out.step_s.append(t2 - t0)
                 score += float(reward[0])
                 length += 1
                 game_over = bool(terminated[0] or truncated[0])
@@ -95,27 +112,59 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
                 progress(1)
             if record is not None:
                 record.add(obs[0, -1])  # how the episode ended
-            results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
-            rss_after.append(rss_mb())
+            out.results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
+            out.rss_after_mb.append(rss_mb())
     finally:
         env.close()
-    scores = np.array([r["score"] for r in results])
-    total_s = float(np.sum(step_s))
+    return out
+
+
+def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
+         record: GifWriter | None = None, progress: Callable[[int], None] = lambda n: None,
+         vs_random: bool = False) -> dict[str, Any]:
+    """Play `episodes` games with the agent; returns the report. With `vs_random`, a uniformly random
+    agent then plays the same games (same env seed, same protocol) and both are human-normalized."""
+    check(agent, episodes, max_steps)
     card = agent.card
-    return {
+    run = run_episodes(card.env_config, agent.logits, episodes, seed, temperature, max_steps, record, progress)
+    total_s = float(np.sum(run.step_s))
+    report = {
         "dlswm_version": dlswm.__version__,
         "model": {"path": str(agent.path), "size_mb": agent.path.stat().st_size / 1e6, "game": card.game,
                   "variant": card.variant, "params": card.params, "macs": card.macs,
                   "provenance": card.provenance},
         "settings": {"episodes": episodes, "seed": seed, "temperature": temperature, "max_steps": max_steps,
                      "device": agent.session.get_providers()[0], "threads": agent.threads},
-        "episodes": results,
-        "score": {"mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
-                  "max": float(scores.max())},
-        "latency_model": percentiles(np.array(model_s) * 1e3),
-        "latency_step": percentiles(np.array(step_s) * 1e3),
-        "steps": len(step_s),
-        "steps_per_s": len(step_s) / total_s if total_s > 0 else float("nan"),
-        "memory": {"peak_rss_mb": peak_rss_mb(), "rss_after_episode_mb": rss_after},
+        "episodes": run.results,
+        "score": run.score(),
+        "latency_model": percentiles(np.array(run.model_s) * 1e3),
+        "latency_step": percentiles(np.array(run.step_s) * 1e3),
+        "steps": len(run.step_s),
+        "steps_per_s": len(run.step_s) / total_s if total_s > 0 else float("nan"),
+        "memory": {"peak_rss_mb": peak_rss_mb(), "rss_after_episode_mb": run.rss_after_mb},
         "machine": machine(),
     }
+    if vs_random:
+        report["random_agent"] = random_baseline(card.env_config, card.num_actions, episodes, seed, max_steps, progress)
+        report["human_normalized"] = _normalized(card.game, report["score"]["mean"],
+                                                 report["random_agent"]["score"]["mean"])
+    return report
+
+
+def random_baseline(env_config: EnvConfig, num_actions: int, episodes: int, seed: int, max_steps: int | None,
+                    progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Uniformly random actions (equal logits at temperature 1) through the same loop and seeds."""
+    uniform = np.zeros((1, num_actions), np.float32)
+    run = run_episodes(env_config, lambda obs: uniform, episodes, seed, 1.0, max_steps, progress=progress)
+    return {"episodes": run.results, "score": run.score()}
+
+
+def _normalized(game: str, agent_mean: float, random_mean: float) -> dict[str, Any] | None:
+    """Both means on the human-normalized scale; `gain` is the agent's lead over the random agent
+    measured in this run, in units of (human - random)."""
+    if game not in RANDOM_HUMAN:
+        return None
+    agent, random = human_normalized(game, agent_mean), human_normalized(game, random_mean)
+    reference_random, human = RANDOM_HUMAN[game]
+    return {"agent": agent, "random_agent": random, "gain": agent - random,
+            "reference": {"random": reference_random, "human": human}}

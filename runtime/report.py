@@ -17,7 +17,8 @@ def play_table(report: dict[str, Any]) -> Table:
     sc = report["score"]
     rows = [
         ("episodes", f"{len(report['episodes'])} ({report['steps']:,} steps)"),
-        ("score mean +- std", f"{sc['mean']:.1f} +- {sc['std']:.1f} (min {sc['min']:g}, max {sc['max']:g})"),
+        ("score mean +- std", _score(sc)),
+        *_versus_random(report),
         ("model call p50 / p90 / p99 / max ms", _ms(report["latency_model"])),
         ("whole step p50 / p90 / p99 / max ms", _ms(report["latency_step"])),
         ("steps per second", f"{report['steps_per_s']:.0f}"),
@@ -29,6 +30,20 @@ def play_table(report: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _versus_random(report: dict[str, Any]) -> list[tuple[str, str]]:
+    if "random_agent" not in report:
+        return []
+    sc, hn = report["random_agent"]["score"], report["human_normalized"]
+    rows = [("random agent score mean +- std", _score(sc))]
+    if hn is not None:
+        rows.append(("human-normalized: agent / random / gain", f"{hn['agent']:.3f} / {hn['random_agent']:.3f} / {hn['gain']:+.3f}"))
+    return rows
+
+
+def _score(sc: dict[str, float]) -> str:
+    return f"{sc['mean']:.1f} +- {sc['std']:.1f} (min {sc['min']:g}, max {sc['max']:g})"
 
 
 def _ms(lat: dict[str, float]) -> str:

@@ -11,7 +11,8 @@ import pytest
 from dlswm.errors import UserError
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.model_card import METADATA_KEY
-from dlswm.runtime.play import default_agent
+from dlswm.runtime.play import choose, default_agent, random_baseline
+from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import open_agent
 
 NO_TORCH = "import sys; sys.modules['torch'] = None\n"
@@ -26,7 +27,7 @@ def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path)
     paths, _ = tiny_export
     report_path, gif = tmp_path / "play.json", tmp_path / "play.gif"
     result = dlswm("play", paths["int8"], "--episodes", 2, "--max-steps", 150, "--seed", 3,
-                   "--json", report_path, "--record", gif)
+                   "--json", report_path, "--record", gif, "--vs-random")
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
     assert set(report) >= {"model", "settings", "episodes", "score", "latency_model", "latency_step", "steps",
@@ -42,7 +43,12 @@ def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path)
     assert report["memory"]["peak_rss_mb"] > 0 and len(report["memory"]["rss_after_episode_mb"]) == 2
     assert report["model"]["variant"] == "int8" and report["settings"]["temperature"] == 0.5
     assert report["machine"]["onnxruntime"] and report["machine"]["cpu"]
-    assert "model call" in result.stdout  # the table
+    assert "model call" in result.stdout and "human-normalized" in result.stdout  # the table
+    # --vs-random: the random agent plays the same protocol; both on the human-normalized scale
+    assert [e["length"] for e in report["random_agent"]["episodes"]] == [150, 150]
+    hn, (random, human) = report["human_normalized"], RANDOM_HUMAN["Pong"]
+    assert hn["reference"] == {"random": random, "human": human}
+    assert hn["gain"] == pytest.approx((report["score"]["mean"] - report["random_agent"]["score"]["mean"]) / (human - random))
     assert gif.read_bytes()[:6] == b"GIF89a"
 
 
@@ -53,6 +59,17 @@ def test_play_runs_a_full_episode_to_its_end(tiny_export):
     episode = report["episodes"][0]
     # Pong ends when one side reaches 21 points; the untrained agent loses almost every point.
     assert not episode["truncated"] and episode["length"] > 500 and -21 <= episode["score"] <= -15
+
+
+def test_random_baseline_is_uniform_and_repeatable_per_seed(tiny_export):
+    card = open_agent(tiny_export[0]["int8"]).card
+    first, again = (random_baseline(card.env_config, card.num_actions, 2, seed=5, max_steps=80) for _ in range(2))
+    assert first == again  # same seed: the same no-op starts and the same actions
+    assert human_normalized("Pong", 14.6) == pytest.approx(1.0) and human_normalized("Pong", -20.7) == 0.0
+    assert human_normalized("NotAGame", 1.0) is None
+    rng = np.random.default_rng(0)
+    counts = np.bincount([choose(np.zeros(6), 1.0, rng) for _ in range(6000)], minlength=6)
+    assert counts.min() > 850  # equal logits at temperature 1: every action ~1/6 of the time
 
 
 def test_recorded_gif_decodes_to_the_frames(tmp_path):
