@@ -53,8 +53,10 @@ def test_export_writes_both_variants_and_the_report(tiny_export, tiny_run_dir):
     on_disk = json.loads((tiny_run_dir / "export" / REPORT_NAME).read_text())
     assert on_disk["variants"] == report["variants"]
     for row in report["variants"]:
-        assert row["written"] and row["action_agreement"] >= row["threshold"]
+        assert row["written"] and row["action_agreement"] >= row["threshold"] and not row["below_threshold"]
         assert 0 <= row["code_agreement"] <= 1 and row["latency_batch1_1thread"]["p50_ms"] > 0
+        assert 0.9 <= row["policy_overlap"] <= 1 + 1e-6 and row["policy_temperature"] == 0.5
+    assert report["variants"][0]["policy_overlap"] > 0.999  # fp32 samples the actions torch does
     assert not list((tiny_run_dir / "export").glob(".export-*"))  # no staging left behind
 
 
@@ -168,6 +170,11 @@ def test_low_agreement_variant_is_not_written(tiny_run_dir, tmp_path):
     export_run(tiny_run_dir, tmp_path, [strict], 64, force=True, min_agreement=None,
                allow_low_agreement=False, progress=lambda msg: None)
     assert not (tmp_path / "pong.fp32.onnx").exists()
+    # --allow-low-agreement writes it, and the report keeps saying it fell short
+    row = export_run(tiny_run_dir, tmp_path, [strict], 64, force=True, min_agreement=None,
+                     allow_low_agreement=True, progress=lambda msg: None)["variants"][0]
+    assert row["written"] and row["below_threshold"] and "written anyway" in row["reason"]
+    assert (tmp_path / "pong.fp32.onnx").exists()
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
         assert np.isfinite(m["eval/mean_score"]) and m["throughput/env_steps_per_s"] > 0
         assert m["throughput/wm_samples_per_s"] > 0 and m["throughput/imagined_steps_per_s"] > 0
         assert 0 <= m["dynamics/reward_acc"] <= 1 and m["vqvae/perplexity"] >= 1
+    assert 0 < lines[0]["time/iteration_s"] == lines[0]["time/total_s"] < lines[1]["time/total_s"]
+    assert state["wall_s"] == lines[1]["time/total_s"]  # carried over by a resume
     media = sorted(p.name for p in (tiny_run_dir / "media").iterdir())
     assert media == ["imagined_001.gif", "imagined_002.gif", "recon_001.png", "recon_002.png"]
     assert list((tiny_run_dir / "tb").iterdir())
@@ -78,8 +80,9 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
     assert f"iterations {saved + 1}..3" in resumed.stdout or saved == 3
     assert load_checkpoint(out)["iteration"] == 3
     assert os.stat(chunk_1).st_mtime_ns == stamp  # finished work is not redone
-    lines = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lines == [1, 2, 3]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [1, 2, 3]
+    assert lines[2]["time/total_s"] == pytest.approx(sum(m["time/iteration_s"] for m in lines))
 
 
 def test_gae_matches_a_hand_worked_example():

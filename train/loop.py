@@ -111,10 +111,12 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
     print(json.dumps(cfg.to_dict()))
 
     saved = done  # the last iteration whose checkpoint is on disk
+    wall_s = state.get("wall_s", 0.0) if state else 0.0  # training time of the finished iterations
     try:
         with phases(s.iterations, done) as (phase, finish_iteration):
             for it in range(done + 1, s.iterations + 1):
                 metrics: dict[str, float] = {"iteration": it}
+                started = time.perf_counter()
                 tag = f"iter {it}/{s.iterations}"
 
                 # ---- 1. collect real experience (random policy first, then the agent) ----------
@@ -154,6 +156,9 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
 
                 # ---- 5. record and checkpoint --------------------------------------------------
                 _pictures(system, buffer, rng, out / "media", it)
+                elapsed = time.perf_counter() - started
+                wall_s += elapsed
+                metrics.update({"time/iteration_s": elapsed, "time/total_s": wall_s})
                 _log(out / "metrics.jsonl", writer, metrics)
                 save_checkpoint(out / CHECKPOINT_NAME, {
                     "config": cfg.to_dict(),
@@ -161,6 +166,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                              "action_meanings": list(game.action_meanings)},
                     "iteration": it,
                     "real_steps": real_steps,
+                    "wall_s": wall_s,
                     "models": system.state_dict(),
                     "optimizers": {"world_model": wm.optimizer.state_dict(), "policy": pt.optimizer.state_dict()},
                     "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
