@@ -167,8 +167,7 @@ def export(
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
     console().print(table)
     for row in report["variants"]:
-        typer.echo(f"{row['variant']}: " + " ".join(
-            x for x in (row["path"] if row["written"] else "", row.get("reason", "")) if x))
+        typer.echo(f"{row['variant']}: " + " ".join(filter(None, [row["written"] and row["path"], row.get("reason")])))
     typer.echo(f"report: {report['report']}")
     if not all(row["written"] for row in report["variants"]):  # a script or CI must not miss it
         raise UserError("not every variant was written: see above", code=1)

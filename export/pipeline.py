@@ -29,6 +29,7 @@ from dlswm.export.variants import Variant, quantize
 from dlswm.models.summary import summarize
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
+from dlswm.runtime.play import action_probs
 from dlswm.runtime.session import open_agent
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.checkpoint import checkpoint_config, load_checkpoint, load_system
@@ -83,12 +84,6 @@ def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant, cali
     )
 
 
-def _policy(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    p = np.exp(z - z.max(1, keepdims=True))
-    return p / p.sum(1, keepdims=True)
-
-
 def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
     """Agreement with torch fp32 on held-out frames, and batch-1 latency on one thread.
 
@@ -99,7 +94,7 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
     logits, _, codes = agent.outputs(held_out)
     one = held_out[:1]
     latency = percentiles(time_calls(lambda: agent.outputs(one), warmup=20, duration_s=1.0))
-    overlap = np.minimum(_policy(logits, temperature), _policy(reference[0], temperature)).sum(1)
+    overlap = np.minimum(action_probs(logits, temperature), action_probs(reference[0], temperature)).sum(1)
     return {"action_agreement": float((logits.argmax(1) == reference[0].argmax(1)).mean()),
             "policy_overlap": float(overlap.mean()), "policy_temperature": temperature,
             "code_agreement": float((codes == reference[2]).mean()),

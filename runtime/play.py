@@ -52,12 +52,17 @@ def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
                         f"{game.num_actions} in this ale-py; it was exported for another action set")
 
 
+def action_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """The policy the agent samples from: softmax(logits / temperature) over the last axis."""
+    z = logits / temperature
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
 def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
     if temperature == 0:
         return int(logits.argmax())
-    z = logits / temperature
-    p = np.exp(z - z.max())
-    return int(rng.choice(len(p), p=p / p.sum()))
+    return int(rng.choice(len(logits), p=action_probs(logits, temperature)))
 
 
 @dataclass
@@ -165,6 +170,5 @@ def _normalized(game: str, agent_mean: float, random_mean: float) -> dict[str, A
     if game not in RANDOM_HUMAN:
         return None
     agent, random = human_normalized(game, agent_mean), human_normalized(game, random_mean)
-    reference_random, human = RANDOM_HUMAN[game]
     return {"agent": agent, "random_agent": random, "gain": agent - random,
-            "reference": {"random": reference_random, "human": human}}
+            "reference": dict(zip(("random", "human"), RANDOM_HUMAN[game]))}
