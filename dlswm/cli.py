@@ -137,8 +137,8 @@ def export(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default="RUN/export")] = None,
     variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm.")] = "fp32,int8",
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
-    min_agreement: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Greedy-action agreement a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
-    allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the agreement threshold anyway.")] = False,
+    min_overlap: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Policy overlap with torch (chance of the same sampled action) a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
+    allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the overlap threshold anyway.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) as ONNX, with a parity report."""
@@ -154,7 +154,7 @@ def export(
             log.print(message)  # the finished stages stay on screen; the spinner shows the current one
             status.update(message)
 
-        report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_agreement,
+        report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_overlap,
                             allow_low_agreement, progress=progress)
     table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
                         f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "

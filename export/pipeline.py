@@ -2,7 +2,7 @@
 
 Decoder and dynamics are dropped: only encoder + codebook lookup + policy are written. Every variant
 is measured against the torch fp32 policy on held-out real frames (never seen by calibration), and
-a variant that disagrees too often is not written unless the user insists.
+a variant whose sampled actions differ from torch's too often is not written unless the user insists.
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant, cali
 def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
     """Agreement with torch fp32 on held-out frames, and batch-1 latency on one thread.
 
-    `policy_overlap` is for the agent as it plays, sampling at the eval temperature: sum over actions
-    of min(p_torch, p_variant), i.e. 1 - total variation, the chance that both pick the same action
-    under the best coupling. Greedy agreement also counts flips between near-tied actions."""
+    `policy_overlap`, the gate, is for the agent as it plays, sampling at the eval temperature: sum
+    over actions of min(p_torch, p_variant), i.e. 1 - total variation, the chance that both pick the
+    same action under the best coupling. As the temperature goes to 0 it becomes greedy agreement,
+    which at a finite temperature also counts flips between near-tied actions in full."""
     agent = open_agent(path, threads=1)
     logits, _, codes = agent.outputs(held_out)
     one = held_out[:1]
@@ -103,7 +104,7 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
 
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
-               force: bool, min_agreement: float | None, allow_low_agreement: bool,
+               force: bool, min_overlap: float | None, allow_low_agreement: bool,
                progress: Any = print) -> dict[str, Any]:
     run_dir = _run_dir(run)
     state = load_checkpoint(run)
@@ -134,11 +135,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
             save_model(attach_card(model, _card(state, summary, variant, len(calibration))), staged)
             row = {"variant": variant.name, "path": str(targets[variant.name]), "description": variant.description,
                    **_parity(staged, reference, held_out, cfg.policy.eval_temperature)}
-            threshold = variant.min_agreement if min_agreement is None else min_agreement
-            below = row["action_agreement"] < threshold
+            threshold = variant.min_overlap if min_overlap is None else min_overlap
+            below = row["policy_overlap"] < threshold
             row.update(threshold=threshold, below_threshold=below, written=not below or allow_low_agreement)
             if below:
-                row["reason"] = f"action agreement {row['action_agreement']:.3f} < {threshold}: " + (
+                row["reason"] = f"policy overlap {row['policy_overlap']:.3f} < {threshold}: " + (
                     "written anyway (--allow-low-agreement)" if row["written"]
                     else "not written (--allow-low-agreement writes it anyway)")
             rows.append(row)

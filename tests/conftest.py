@@ -29,6 +29,6 @@ def tiny_export(tiny_run_dir):
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
 
-    report = export_run(tiny_run_dir, None, parse_variants("fp32,int8"), 256, force=False, min_agreement=None,
+    report = export_run(tiny_run_dir, None, parse_variants("fp32,int8"), 256, force=False, min_overlap=None,
                         allow_low_agreement=False, progress=lambda msg: None)
     return {row["variant"]: Path(row["path"]) for row in report["variants"]}, report
