@@ -12,7 +12,7 @@ from dlswm.config import Config
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params, zero_bias_values
 from dlswm.export.pipeline import REPORT_NAME
-from dlswm.export.variants import code_projections
+from dlswm.export.variants import output_layers
 from dlswm.models.summary import summarize
 from dlswm.runtime.model_card import FORMAT_VERSION
 from dlswm.runtime.session import open_agent
@@ -85,16 +85,18 @@ def test_int8_agreement_is_measured_on_real_frames(tiny_export, tiny_run_dir):
     assert {n.op_type for n in onnx.load(paths["int8"]).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
 
 
-def test_int8_keeps_the_code_projection_in_fp32(tiny_export):
-    """Only the encoder's last 1x1 conv, whose output the codebook's argmin reads, keeps fp32 weights."""
+def test_int8_keeps_only_the_output_layers_in_fp32(tiny_export):
+    """The encoder's last 1x1 conv (its output picks the codes) and the two policy heads keep fp32
+    weights; every other Conv and Gemm is quantized."""
     paths, _ = tiny_export
     int8 = onnx.load(paths["int8"])
-    (projection,) = code_projections(onnx.load(paths["fp32"]))
+    kept = output_layers(onnx.load(paths["fp32"]))
     float_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    fp32_convs = [n.name for n in int8.graph.node if n.op_type == "Conv" and n.input[1] in float_weights]
-    assert fp32_convs == [projection]
+    layers = [n for n in int8.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert [n.op_type for n in layers if n.name in kept] == ["Conv", "Gemm", "Gemm"]
+    assert [n.name for n in layers if n.input[1] in float_weights] == kept
     card = open_agent(paths["int8"]).card.quantization
-    assert card["fp32_projection"] and card["calibration"]["method"] == "Percentile"
+    assert card["fp32_output_layers"] and card["calibration"]["method"] == "Percentile"
 
 
 def test_metadata_round_trips(tiny_export, tiny_run_dir):

@@ -162,21 +162,18 @@ def test_bad_options_give_one_line_errors(tiny_export, args, words):
     assert words in result.stderr and "Traceback" not in result.stderr
 
 
-def test_play_with_no_model_argument_plays_the_shipped_agent_or_says_none_is(tmp_path):
-    """The package's default agent: an int8 export of a trained run, with its export report."""
+def test_play_with_no_model_argument_plays_the_shipped_agent(tmp_path):
+    """The package's default agent: an int8 export of a trained run that passed the parity gate,
+    with its export report."""
     result = dlswm("play", "--max-steps", 100, "--json", tmp_path / "play.json")  # torch unimportable
-    try:
-        path = default_agent()
-    except UserError as e:
-        assert "dlswm export" in str(e)
-        assert result.returncode == 2 and result.stderr == f"error: {e}\n"
-        return
     assert result.returncode == 0, result.stderr
+    path = default_agent()
     card = open_agent(path).card
     export = json.loads((path.parent / "export-report.json").read_text())
     row = next(r for r in export["variants"] if r["variant"] == card.variant)
-    assert card.variant == "int8" and row["written"] and card.game == export["game"]
-    assert card.provenance["iteration"] == export["iteration"]
+    assert card.variant == "int8" and row["written"] and not row["below_threshold"]
+    assert card.game == export["game"] and card.provenance["iteration"] == export["iteration"]
+    assert card.provenance["preset"] == "cpu" and card.provenance["real_steps"] > 0
     report = json.loads((tmp_path / "play.json").read_text())
     assert report["model"]["path"] == str(path) and report["steps"] == 100
 

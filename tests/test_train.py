@@ -40,6 +40,7 @@ def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
         assert 0 <= m["dynamics/reward_acc"] <= 1 and m["vqvae/perplexity"] >= 1
     assert 0 < lines[0]["time/iteration_s"] == lines[0]["time/total_s"] < lines[1]["time/total_s"]
     assert state["wall_s"] == lines[1]["time/total_s"]  # carried over by a resume
+    assert_best_is_the_highest_eval(tiny_run_dir, lines)
     media = sorted(p.name for p in (tiny_run_dir / "media").iterdir())
     assert media == ["imagined_001.gif", "imagined_002.gif", "recon_001.png", "recon_002.png"]
     assert list((tiny_run_dir / "tb").iterdir())
@@ -83,6 +84,15 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [1, 2, 3]
     assert lines[2]["time/total_s"] == pytest.approx(sum(m["time/iteration_s"] for m in lines))
+    assert_best_is_the_highest_eval(out, lines)
+
+
+def assert_best_is_the_highest_eval(run_dir, lines):
+    """best.pt is the checkpoint of the first iteration with the highest eval score."""
+    scores = [m["eval/mean_score"] for m in lines]
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["iteration"] == 1 + int(np.argmax(scores)) and best["eval"]["mean_score"] == max(scores)
+    assert load_checkpoint(run_dir)["best"] == {"iteration": best["iteration"], "mean_score": max(scores)}
 
 
 def test_gae_matches_a_hand_worked_example():

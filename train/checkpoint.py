@@ -3,6 +3,7 @@
 RUN_DIR/
   config.json          the resolved config (written at start)
   checkpoint.pt        the last finished iteration: models, optimizers, RNG states, counters
+  best.pt              the same for the iteration with the highest eval score so far
   buffer/chunk_NNN.npz real experience collected in iteration NNN (see buffer.py)
   metrics.jsonl        one line per finished iteration
   tb/                  TensorBoard logs;  media/  per-iteration pictures
@@ -26,6 +27,7 @@ from dlswm.errors import UserError
 FORMAT = "dlswm-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from dlswm.models import System
 from dlswm.runtime.atari import resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.atomic import atomic_write_bytes
-from dlswm.train.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
+from dlswm.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import collect, evaluate, random_policy, torch_policy
@@ -112,6 +112,9 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
 
     saved = done  # the last iteration whose checkpoint is on disk
     wall_s = state.get("wall_s", 0.0) if state else 0.0  # training time of the finished iterations
+    best = state.get("best") if state else None  # the iteration with the highest eval score so far
+    if state and best and best["iteration"] == done:  # a kill may have come between the two saves
+        save_checkpoint(out / BEST_NAME, state)
     try:
         with phases(s.iterations, done) as (phase, finish_iteration):
             for it in range(done + 1, s.iterations + 1):
@@ -160,7 +163,10 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                 wall_s += elapsed
                 metrics.update({"time/iteration_s": elapsed, "time/total_s": wall_s})
                 _log(out / "metrics.jsonl", writer, metrics)
-                save_checkpoint(out / CHECKPOINT_NAME, {
+                is_best = best is None or metrics["eval/mean_score"] > best["mean_score"]
+                if is_best:
+                    best = {"iteration": it, "mean_score": metrics["eval/mean_score"]}
+                checkpoint = {
                     "config": cfg.to_dict(),
                     "game": {"name": game.name, "rom_id": game.rom_id, "action_ids": list(game.action_ids),
                              "action_meanings": list(game.action_meanings)},
@@ -172,8 +178,12 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                     "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
                     "eval": {"mean_score": metrics["eval/mean_score"], "episodes": len(scores)},
+                    "best": best,
                     "dlswm_version": dlswm.__version__,
-                })
+                }
+                save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
+                if is_best:  # early stopping on the real eval score: `dlswm export RUN/best.pt`
+                    save_checkpoint(out / BEST_NAME, checkpoint)
                 saved = it
                 finish_iteration()
                 print(f"{tag}: eval score {metrics['eval/mean_score']:.1f}, real steps {real_steps}, "
