@@ -53,7 +53,10 @@ def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
 
 
 def action_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """The policy the agent samples from: softmax(logits / temperature) over the last axis."""
+    """The policy the agent samples from: softmax(logits / temperature) over the last axis;
+    temperature 0 is greedy (one-hot on the argmax), its limit."""
+    if temperature == 0:
+        return np.eye(logits.shape[-1])[logits.argmax(-1)]
     z = logits / temperature
     p = np.exp(z - z.max(-1, keepdims=True))
     return p / p.sum(-1, keepdims=True)

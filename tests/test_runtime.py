@@ -11,7 +11,7 @@ import pytest
 from dlswm.errors import UserError
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.model_card import METADATA_KEY
-from dlswm.runtime.play import choose, default_agent, random_baseline
+from dlswm.runtime.play import action_probs, choose, default_agent, random_baseline
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import open_agent
 
@@ -70,6 +70,14 @@ def test_random_baseline_is_uniform_and_repeatable_per_seed(tiny_export):
     rng = np.random.default_rng(0)
     counts = np.bincount([choose(np.zeros(6), 1.0, rng) for _ in range(6000)], minlength=6)
     assert counts.min() > 850  # equal logits at temperature 1: every action ~1/6 of the time
+
+
+def test_action_probs_at_temperature_zero_is_greedy_so_overlap_is_greedy_agreement():
+    a, b = np.random.default_rng(1).normal(size=(2, 500, 6))
+    p, q = action_probs(a, 0), action_probs(b, 0)
+    np.testing.assert_array_equal(p.argmax(1), a.argmax(1))
+    assert p.sum(1).tolist() == [1.0] * 500 and np.isfinite(action_probs(a * 1e3, 1.0)).all()
+    assert np.minimum(p, q).sum(1).mean() == (a.argmax(1) == b.argmax(1)).mean()
 
 
 def test_recorded_gif_decodes_to_the_frames(tmp_path):

@@ -30,11 +30,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """`state` holds tensors, plain containers and numbers only (loadable with weights_only=True)."""
+def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
+    """`state` holds tensors, plain containers and numbers only (loadable with weights_only=True);
+    serialized once, written to each path."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    for path in paths:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -113,8 +113,8 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
     saved = done  # the last iteration whose checkpoint is on disk
     wall_s = state.get("wall_s", 0.0) if state else 0.0  # training time of the finished iterations
     best = state.get("best") if state else None  # the iteration with the highest eval score so far
-    if state and best and best["iteration"] == done:  # a kill may have come between the two saves
-        save_checkpoint(out / BEST_NAME, state)
+    if best and best["iteration"] == done:  # a kill may have come between the two writes
+        save_checkpoint(state, out / BEST_NAME)
     try:
         with phases(s.iterations, done) as (phase, finish_iteration):
             for it in range(done + 1, s.iterations + 1):
@@ -181,9 +181,8 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                     "best": best,
                     "dlswm_version": dlswm.__version__,
                 }
-                save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
-                if is_best:  # early stopping on the real eval score: `dlswm export RUN/best.pt`
-                    save_checkpoint(out / BEST_NAME, checkpoint)
+                # best.pt: early stopping on the real eval score (`dlswm export RUN/best.pt`)
+                save_checkpoint(checkpoint, out / CHECKPOINT_NAME, *([out / BEST_NAME] if is_best else []))
                 saved = it
                 finish_iteration()
                 print(f"{tag}: eval score {metrics['eval/mean_score']:.1f}, real steps {real_steps}, "
