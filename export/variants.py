@@ -77,14 +77,24 @@ def parse_variants(names: str) -> list[Variant]:
 
 
 class FramesReader(CalibrationDataReader):
-    """Calibration data: uint8 frame stacks, a small batch at a time."""
+    """Calibration data: uint8 frame stacks in batches of one size, at most `batch`.
+
+    onnxruntime's histogram calibrators stack every batch's activations into one array, so the
+    batches must be equal: the size is the largest divisor of the frame count up to `batch`.
+    """
 
     def __init__(self, frames: np.ndarray, batch: int = 16):
-        self._batches: Iterator[np.ndarray] = iter(np.array_split(frames, max(1, len(frames) // batch)))
+        size = equal_batch_size(len(frames), batch)
+        self._batches: Iterator[np.ndarray] = (frames[i:i + size] for i in range(0, len(frames), size))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {"frames": batch}
+
+
+def equal_batch_size(n: int, most: int) -> int:
+    """The largest b <= most that divides n (1 for a prime n above `most`)."""
+    return next(b for b in range(min(most, max(n, 1)), 0, -1) if n % b == 0)
 
 
 def output_layers(model: onnx.ModelProto) -> list[str]:

@@ -42,9 +42,13 @@ def real_frames(card: ModelCard, n: int, seed: int = 0) -> np.ndarray:
 
 def _measure(kind: str, target: Path, threads: int, batch: int, warmup: int, duration: float,
              frames_path: Path) -> dict[str, Any]:
-    args = [kind, str(target), str(threads), str(batch), str(warmup), str(duration), str(frames_path)]
-    proc = subprocess.run([sys.executable, "-m", "dlswm.runtime.bench_worker", *args], capture_output=True,
-                          text=True)
+    args = [kind, str(target.resolve()), str(threads), str(batch), str(warmup), str(duration),
+            str(frames_path.resolve())]
+    # `python -m` puts the working directory first on sys.path: run from a checkout's root, its
+    # `dlswm/` folder (the CLI alone) would shadow the installed package. An empty folder cannot.
+    with tempfile.TemporaryDirectory(prefix="dlswm-bench-") as cwd:
+        proc = subprocess.run([sys.executable, "-m", "dlswm.runtime.bench_worker", *args], capture_output=True,
+                              text=True, cwd=cwd)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         message = lines[-1].removeprefix("error: ")

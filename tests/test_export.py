@@ -12,7 +12,7 @@ from dlswm.config import Config
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params, zero_bias_values
 from dlswm.export.pipeline import REPORT_NAME
-from dlswm.export.variants import output_layers
+from dlswm.export.variants import FramesReader, output_layers
 from dlswm.models.summary import summarize
 from dlswm.runtime.model_card import FORMAT_VERSION
 from dlswm.runtime.session import open_agent
@@ -227,3 +227,27 @@ def test_unwritable_out_dir_is_a_one_line_error(tiny_run_dir, tmp_path, cli):
     code, _, err = cli("export", tiny_run_dir, "-o", blocker / "sub")
     assert_one_line_error(code, err, "cannot write to")
     assert blocker.read_text() == "x" and not list(tmp_path.glob("**/*.tmp"))
+
+
+@pytest.mark.parametrize("n", [1, 16, 17, 37, 293, 294, 512])
+def test_calibration_batches_are_one_size_and_cover_every_frame_once(n):
+    """onnxruntime's percentile calibrator stacks all batches: unequal ones crashed it (294 -> 16s and 17s)."""
+    frames = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 2, 2), np.uint8)
+    reader, batches = FramesReader(frames), []
+    while (batch := reader.get_next()) is not None:
+        batches.append(batch["frames"])
+    assert len({b.shape for b in batches}) == 1 and len(batches[0]) <= 16
+    np.testing.assert_array_equal(np.concatenate(batches), frames)
+
+
+@pytest.mark.parametrize("source, extra", [("run", []), ("best.pt", []), ("run", ["--calibration-frames", "37"])])
+def test_export_of_the_toy_run_as_the_readme_writes_it(tiny_run_dir, tmp_path, cli, source, extra):
+    """`dlswm export runs/demo` with defaults: the tiny run gives 294 calibration frames (its best.pt, of
+    iteration 1, fewer), no multiple of the calibration batch."""
+    run = tiny_run_dir if source == "run" else tiny_run_dir / "best.pt"
+    code, out, err = cli("export", run, "-o", tmp_path, "--variants", "int8", *extra)
+    assert code == 0, err
+    report = json.loads((tmp_path / REPORT_NAME).read_text())
+    assert report["calibration_frames"] % 16 != 0 and report["variants"][0]["written"]
+    if extra:
+        assert report["calibration_frames"] == 37

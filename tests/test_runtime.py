@@ -1,8 +1,11 @@
 """The edge runtime on real parts: exported tiny agents, real Pong, real onnxruntime sessions."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -126,6 +129,33 @@ def test_bench_torch_baseline_gives_a_speedup(tiny_export, tiny_run_dir, tmp_pat
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["torch-fp32"]["speedup"] == 1.0 and rows["int8"]["speedup"] > 0
     assert rows["int8"]["agreement"] >= 0.9
+
+
+def test_bench_from_a_checkout_root_with_a_plain_install(tiny_export, tmp_path):
+    """README's install is `pip install .`; from the checkout's root, the worker's `python -m` used to
+    import the checkout's `dlswm/` folder (the CLI alone) instead of the installed package."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(__file__).resolve().parents[1], checkout,
+                    ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info", "__pycache__"))
+    # A venv of its own with a plain (non-editable) install of dlswm; the test venv's packages are
+    # reached through a .pth path entry, which keeps out the editable install's import hook.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "test-deps.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", site, checkout], check=True, capture_output=True, timeout=300)
+    result = subprocess.run([venv / "bin" / "python", "-c", "import dlswm.runtime; print(dlswm.runtime.__file__)"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith(str(site)), result.stderr  # the installed package, not the checkout
+    launcher = tmp_path / "bin" / "dlswm"  # as a console script: its folder leads sys.path, not the cwd
+    launcher.parent.mkdir()
+    launcher.write_text("import sys\nfrom dlswm.cli import main\nsys.exit(main())\n")
+    result = subprocess.run([venv / "bin" / "python", launcher, "bench", tiny_export[0]["int8"], "--duration", "0.2",
+                             "--warmup", "2", "--json", tmp_path / "b.json"], cwd=checkout,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["p50_ms"] > 0
 
 
 @pytest.fixture
