@@ -90,6 +90,9 @@ class PPOConfig:
     value_coef: float = 0.5
     entropy_coef: float = 0.01
     normalize_advantages: bool = True
+    # The critic's value of the state after the last imagined step stands in for the rest of the
+    # episode (a cut, not an end); false treats the horizon as terminal, as the released code does.
+    bootstrap_horizon: bool = True
     lr: float = 2.5e-4
     max_grad_norm: float = 0.5
 
@@ -103,6 +106,9 @@ class ScheduleConfig:
     wm_epochs: tuple[int, ...] = (140, 32, 24, 20, 16, 14, 12, 11, 10, 9, 8, 8, 7, 7, 6)
     ppo_updates: tuple[int, ...] = (1000,) * 7 + (2000,) + (1000,) * 3 + (2000,) + (1000,) * 2 + (3000,)
     eval_episodes: int = 8
+    # The collection envs run on across iterations (the released code's one env): episodes longer
+    # than an iteration's steps / collect_envs continue, so the buffer reaches deep into the game.
+    persistent_envs: bool = True
 
 
 @dataclass
@@ -185,7 +191,7 @@ def _cpu() -> Config:
         ppo=PPOConfig(num_envs=64, entropy_coef=0.03),
         schedule=ScheduleConfig(iterations=8, initial_steps=6_400, steps_per_iteration=3_200,
                                 wm_epochs=(12, 4, 3, 3, 2, 2, 2, 2),
-                                ppo_updates=(100, 100, 100, 100, 150, 150, 150, 200), eval_episodes=4),
+                                ppo_updates=(100, 100, 100, 100, 150, 150, 150, 200), eval_episodes=8),
         preset="cpu",
     )
 

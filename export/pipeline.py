@@ -61,7 +61,7 @@ def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration:
         buffer = ReplayBuffer.load(run_dir / "buffer", state["iteration"], frame_stack)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{run_dir / 'buffer'}: the run's replay buffer is missing or damaged ({e})") from None
-    idx = np.random.default_rng(seed).permutation(len(buffer))
+    idx = np.random.default_rng(seed).permutation(buffer.sample_idx)
     held_out = min(HELD_OUT, len(idx) // 4)  # a small run gives up some of both
     if held_out < 16:
         raise UserError(f"the run's buffer holds only {len(idx)} frames: too few to calibrate and check an export")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dlswm.config import resolve
+from dlswm.errors import UserError
 from dlswm.models import System
 from dlswm.models.dynamics import dynamics_loss
 from dlswm.models.vqvae import vqvae_loss
@@ -202,3 +203,93 @@ def test_mixed_precision_path_trains(fresh):
     metrics.update(pt.update(buffer, rng))
     assert all(np.isfinite(v) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in system.parameters())
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(tiny_run_dir, tmp_path, monkeypatch):
+    """Interrupted as iteration 2 starts collecting, then resumed: iteration 2's metrics equal those
+    of the uninterrupted run to the last digit. Catches any state a checkpoint forgets (numpy or torch
+    RNG, optimizer moments, the persistent env's episodes, which a resume replays)."""
+    from dlswm.train import loop
+    from dlswm.train.real_env import Collector
+
+    calls = {"n": 0}
+    collect = Collector.collect
+
+    def interrupt_second(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "collect", interrupt_second)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="interrupted"):
+        loop.train(resolve("tiny", "Pong"), out, device_name="cpu")
+    monkeypatch.setattr(Collector, "collect", collect)
+    loop.train(None, out, device_name="cpu", resume=True)
+
+    def comparable(run_dir):
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in lines]
+
+    assert comparable(out) == comparable(tiny_run_dir)
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[1])["collect/continued"] == 1.0
+
+
+@pytest.mark.parametrize("first_steps", [40, 50])
+def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks(tmp_path, first_steps):
+    """Two collections from a persistent env of 2 games cut at 25 steps: the second chunk continues
+    the first's episodes mid-way (40 interactions) or right after both ended (50). Every observation the
+    env showed is rebuilt exactly, in order, with the action taken there and the reward that followed;
+    the continued stream's context entries are never sampled and start no training window."""
+    from dlswm.train.real_env import Collector
+
+    cfg = resolve("tiny", "Pong")
+    cfg.env.max_episode_steps = 25
+    collector = Collector(cfg.env, 2, persistent=True)
+    shown, sent, rewards = [], [], []
+    step = Collector._step
+
+    def spy(self, actions):
+        out = step(self, actions)
+        rewards.append(out[0].copy())
+        return out
+
+    rng = np.random.default_rng(0)
+
+    def policy(obs):
+        shown.append(obs.copy())
+        sent.append(rng.integers(0, 6, len(obs)))
+        return sent[-1]
+
+    chunks, boundaries = [], []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Collector, "_step", spy)
+        for it, steps in enumerate([first_steps, 60], start=1):
+            resetting = collector.resetting.copy()
+            chunk, env_actions, stats = collector.collect(policy, steps, seed=7, progress=lambda n: None)
+            np.testing.assert_array_equal(env_actions, np.stack(sent[len(sent) - len(env_actions):]))
+            ReplayBuffer.save_chunk(chunk, ReplayBuffer.chunk_path(tmp_path, it), env_actions)
+            boundaries.append((len(shown) - len(env_actions), len(shown), resetting, collector.obs.copy()))
+            assert stats["collect/continued"] == float(it == 2)
+    collector.close()
+    buffer = ReplayBuffer.load(tmp_path, 2, 4)
+    assert buffer.done.sum() > 4  # episodes did end inside the streams
+    ends = np.cumsum([len(np.load(ReplayBuffer.chunk_path(tmp_path, i))["actions"]) for i in (1, 2)])
+    starts = buffer.sequence_starts(cfg.dynamics.seq_len)
+    for c, (lo, hi, resetting, final) in enumerate(boundaries):
+        chunk_idx = buffer.sample_idx[(buffer.sample_idx >= (ends[c - 1] if c else 0)) & (buffer.sample_idx < ends[c])]
+        per_env = np.array_split(chunk_idx, 2)
+        for e in range(2):
+            skip = int(resetting[e])  # the terminal observation was the last chunk's
+            expected = np.stack([s[e] for s in shown[lo + skip:hi]] + [final[e]])
+            idx = per_env[e]
+            assert len(idx) == len(expected)
+            np.testing.assert_array_equal(buffer.observations(idx), expected)
+            moved = ~buffer.done[idx[:-1]]  # entries with a transition: the action was played, the reward followed
+            np.testing.assert_array_equal(buffer.actions[idx[:-1]][moved], np.stack(sent[lo + skip:hi])[moved, e])
+            np.testing.assert_array_equal(buffer.rewards[idx[:-1]][moved], np.stack(rewards[lo + skip:hi])[moved, e])
+    context = np.setdiff1d(np.arange(len(buffer)), buffer.sample_idx)
+    assert boundaries[1][2].all() == (first_steps == 50)  # both envs reset as the second chunk starts
+    assert len(context) == (6 if first_steps == 40 else 0)
+    assert not np.isin(context, starts).any() and not np.isin(buffer.sample(rng, 1000), context).any()

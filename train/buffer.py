@@ -6,6 +6,13 @@ episode or the collection stream ended). Observation i is the frame stack frames
 frames before its episode's start zeroed: exactly what ale_py's AtariVectorEnv shows at a reset.
 100k frames at 96x96 is ~0.9 GB instead of ~3.7 GB for stored stacks.
 
+Collection streams may continue an episode from the previous iteration (the env is kept, as in the
+released code, so the data reaches deep into episodes). Such a stream opens with S-1 *context*
+entries holding the frames before its first observation (the env's own stack): they complete that
+observation's stack and are never sampled. A context entry is marked `done` and followed by an
+entry that is not `first`, which no other entry is: a `done` entry is otherwise followed by a new
+stream or episode.
+
 Each iteration's collection is written as one immutable chunk file (temp file + rename), so a
 resumed run reloads exactly the experience of its finished iterations. In memory the frames stay
 in their chunks (no stack ever spans two), so adding a chunk never copies the frames before it:
@@ -20,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 FIELDS = ("frames", "actions", "rewards", "first", "done")
+ENV_ACTIONS = "env_actions"  # (steps, num_envs): every action sent to the env, to replay it on resume
 STEP_FIELDS = FIELDS[1:]  # small per-entry arrays, kept concatenated
 
 
@@ -33,6 +41,7 @@ class ReplayBuffer:
         self.first = np.zeros(0, bool)
         self.done = np.zeros(0, bool)
         self._episode_start = np.zeros(0, np.int64)
+        self.sample_idx = np.zeros(0, np.int64)  # entries that are observations (not context)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -47,6 +56,12 @@ class ReplayBuffer:
         # Index of the first entry of each entry's episode: a running maximum of the start positions.
         starts = np.where(self.first, np.arange(len(self)), 0)
         self._episode_start = np.maximum.accumulate(starts)
+        context = self.done & ~np.append(self.first[1:], True)
+        self.sample_idx = np.flatnonzero(~context)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n entry indices drawn uniformly from the observations (context entries excluded)."""
+        return self.sample_idx[rng.integers(0, len(self.sample_idx), n)]
 
     def observations(self, idx: np.ndarray) -> np.ndarray:
         """Stacked observations (len(idx), S, H, W) uint8 for entry indices idx."""
@@ -85,11 +100,11 @@ class ReplayBuffer:
         return Path(directory) / f"chunk_{iteration:03d}.npz"
 
     @staticmethod
-    def save_chunk(chunk: dict[str, np.ndarray], path: Path) -> None:
+    def save_chunk(chunk: dict[str, np.ndarray], path: Path, env_actions: np.ndarray | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, **chunk)
+            np.savez(f, **chunk, **({} if env_actions is None else {ENV_ACTIONS: env_actions}))
             f.flush()
             os.fsync(f.fileno())  # the checkpoint that follows must never point at a torn chunk
         os.replace(tmp, path)
@@ -103,6 +118,12 @@ class ReplayBuffer:
                 buffer.add_chunk({name: data[name] for name in FIELDS})
         return buffer
 
+    @classmethod
+    def env_actions(cls, directory: Path, iteration: int) -> np.ndarray | None:
+        """The actions iteration `iteration` sent to its env, or None for a chunk that predates them."""
+        with np.load(cls.chunk_path(directory, iteration), allow_pickle=False) as data:
+            return data[ENV_ACTIONS] if ENV_ACTIONS in data.files else None
+
 
 class StreamRecorder:
     """Turns the steps of a vector env (autoreset on the next step) into one buffer chunk.
@@ -111,9 +132,11 @@ class StreamRecorder:
     first observation; that reset step is not an interaction and records no transition.
     """
 
-    def __init__(self, num_envs: int):
+    def __init__(self, num_envs: int, resetting: np.ndarray | None = None):
         self.streams: list[dict[str, list]] = [{name: [] for name in FIELDS} for _ in range(num_envs)]
-        self.resetting = np.zeros(num_envs, bool)
+        # An env whose episode ended on the last step resets on the next one (which records its
+        # first observation): a stream continued from there starts empty.
+        self.resetting = np.zeros(num_envs, bool) if resetting is None else resetting.copy()
 
     def _append(self, e: int, frame: np.ndarray, first: bool) -> None:
         s = self.streams[e]
@@ -124,8 +147,20 @@ class StreamRecorder:
         s["done"].append(False)
 
     def start(self, obs: np.ndarray) -> None:
+        """Streams of freshly reset envs: obs (N, S, H, W) are episodes' first observations."""
         for e in range(len(self.streams)):
             self._append(e, obs[e, -1], first=True)
+
+    def resume(self, obs: np.ndarray) -> None:
+        """Streams that continue running episodes: S-1 context entries (the frames before obs[e, -1]
+        in the env's stack, zeros before the episode's start included), then obs[e, -1] itself."""
+        for e in range(len(self.streams)):
+            if self.resetting[e]:
+                continue
+            for k, frame in enumerate(obs[e, :-1]):
+                self._append(e, frame, first=k == 0)
+                self.streams[e]["done"][-1] = True  # a context entry: no transition, never sampled
+            self._append(e, obs[e, -1], first=len(obs[e]) == 1)
 
     def step(self, actions: np.ndarray, obs: np.ndarray, rewards: np.ndarray, ended: np.ndarray) -> int:
         """Record one env step; returns how many real interactions it was (reset steps are not)."""

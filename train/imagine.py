@@ -87,7 +87,8 @@ class PolicyTrainer:
         context = start_context(buffer, self.cfg, p.num_envs, rng, self.device)
         self.system.eval()  # BatchNorm statistics stay as the world model learnt them
         roll = imagine(self.system, context, p.rollout_steps, amp=self.amp)
-        advantages, returns = gae(roll["rewards"], roll["values"], roll["last_value"], p.gamma, p.gae_lambda)
+        last_value = roll["last_value"] if p.bootstrap_horizon else torch.zeros_like(roll["last_value"])
+        advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],
                  "advantages": advantages, "returns": returns}
@@ -109,4 +110,6 @@ class PolicyTrainer:
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["imagined/return"] = roll["rewards"].sum(0).mean().item()
         summary["imagined/reward_rate"] = (roll["rewards"] != 0).float().mean().item()
+        # Comparable with collect/sign_return_per_step: a policy exploiting the model inflates this.
+        summary["imagined/sign_return_per_step"] = roll["rewards"].mean().item()
         return summary

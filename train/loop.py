@@ -23,7 +23,7 @@ from dlswm.atomic import atomic_write_bytes
 from dlswm.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.media import reconstruction_png, rollout_gif
-from dlswm.train.real_env import collect, evaluate, random_policy, torch_policy
+from dlswm.train.real_env import Collector, evaluate, random_policy, torch_policy
 from dlswm.train.world_model import WorldModelTrainer
 
 
@@ -101,6 +101,11 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
         except (OSError, KeyError, ValueError) as e:
             raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged ({e})") from None
         real_steps = state["real_steps"]
+    collector = Collector(cfg.env, s.collect_envs, s.persistent_envs)
+    if state and s.persistent_envs:
+        recorded = [ReplayBuffer.env_actions(out / "buffer", i) for i in range(1, done + 1)]
+        if all(a is not None for a in recorded):  # else (an older run): fresh episodes from here
+            collector.replay(_env_seed(cfg.seed, 1, "collect"), recorded)
     _truncate_metrics(out / "metrics.jsonl", done)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -126,9 +131,11 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
                 steps = s.initial_steps if it == 1 else s.steps_per_iteration
                 policy = (random_policy(game.num_actions, rng) if it == 1 else
                           torch_policy(system, device, cfg.policy.collect_temperature, seed=cfg.seed + it))
-                chunk, stats = collect(cfg.env, policy, steps, s.collect_envs, seed=_env_seed(cfg.seed, it, "collect"),
-                                       progress=phase(f"{tag} collect", steps))
-                ReplayBuffer.save_chunk(chunk, ReplayBuffer.chunk_path(out / "buffer", it))
+                chunk, env_actions, stats = collector.collect(policy, steps, _env_seed(cfg.seed, it, "collect"),
+                                                              phase(f"{tag} collect", steps))
+                ReplayBuffer.save_chunk(chunk, ReplayBuffer.chunk_path(out / "buffer", it), env_actions)
+                if it > 1:  # how well the model knows the policy's own new trajectories, before it learns them
+                    metrics.update(wm.score(chunk, rng))
                 buffer.add_chunk(chunk)
                 real_steps += int(stats["collect/steps"])
                 metrics.update(stats, real_steps=real_steps, buffer_frames=len(buffer))
@@ -151,11 +158,15 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
 
                 # ---- 4. evaluate on real games -------------------------------------------------
                 evaluated, eval_seed = phase(f"{tag} evaluate", 1), _env_seed(cfg.seed, it, "evaluate")
-                scores = evaluate(cfg.env, torch_policy(system, device, cfg.policy.eval_temperature, seed=eval_seed),
-                                  s.eval_episodes, seed=eval_seed)
+                scores, action_counts = evaluate(
+                    cfg.env, torch_policy(system, device, cfg.policy.eval_temperature, seed=eval_seed),
+                    s.eval_episodes, seed=eval_seed, num_actions=game.num_actions)
                 evaluated(1)
+                freq = action_counts / max(action_counts.sum(), 1)
                 metrics.update({"eval/mean_score": float(np.mean(scores)), "eval/std_score": float(np.std(scores)),
-                                "eval/episodes": len(scores)})
+                                "eval/episodes": len(scores), "eval/steps": int(action_counts.sum()),
+                                "eval/action_entropy": float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum()),
+                                **{f"eval/action_{name}": float(f) for name, f in zip(game.action_meanings, freq)}})
 
                 # ---- 5. record and checkpoint --------------------------------------------------
                 _pictures(system, buffer, rng, out / "media", it)
@@ -191,6 +202,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
         raise UserError(f"interrupted; iterations 1..{saved} are saved: "
                         f"`dlswm train --out {out} --resume` continues", code=130) from None
     finally:
+        collector.close()
         writer.close()
     return out
 
@@ -227,7 +239,7 @@ def _log(path: Path, writer: Any, metrics: dict[str, float]) -> None:
 
 
 def _pictures(system: System, buffer: ReplayBuffer, rng: np.random.Generator, media: Path, it: int) -> None:
-    obs = buffer.observations(rng.integers(0, len(buffer), 8))
+    obs = buffer.observations(buffer.sample(rng, 8))
     reconstruction_png(system, obs, media / f"recon_{it:03d}.png")
     context = start_context(buffer, system.cfg, 1, rng, next(system.parameters()).device)
     rollout = imagine(system.eval(), context, system.cfg.ppo.rollout_steps, decode=True)

@@ -37,47 +37,101 @@ def random_policy(num_actions: int, rng: np.random.Generator) -> Policy:
     return lambda obs: rng.integers(0, num_actions, len(obs))
 
 
-def collect(env_cfg: EnvConfig, policy: Policy, steps: int, num_envs: int, seed: int,
-            progress: Callable[[int], None]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """`steps` real interactions from fresh episodes -> one buffer chunk and collection stats."""
-    env = make_env(env_cfg, num_envs)
-    try:
-        obs, _ = env.reset(seed=seed)
-        recorder = StreamRecorder(num_envs)
-        recorder.start(obs)
-        returns, episode_return = [], np.zeros(num_envs)
+class Collector:
+    """Real experience from `num_envs` games for the replay buffer.
+
+    `persistent` (the released code's single env): the games run on across iterations, so an
+    episode longer than one iteration's share of steps continues in the next and the buffer reaches
+    states deep in the game; without it every collection resets its envs and only ever sees the
+    first steps/num_envs of each episode. `replay` rebuilds a persistent env after a resume by
+    sending it the recorded actions again, so a resumed run collects what an uninterrupted one would.
+    """
+
+    def __init__(self, env_cfg: EnvConfig, num_envs: int, persistent: bool):
+        self.env = make_env(env_cfg, num_envs)
+        self.num_envs, self.persistent = num_envs, persistent
+        self.obs: np.ndarray | None = None  # (N, S, H, W), None until the first reset
+        self.resetting = np.zeros(num_envs, bool)  # the env's next step is an autoreset
+        self.episode_return = np.zeros(num_envs)
+
+    def _reset(self, seed: int) -> None:
+        self.obs, _ = self.env.reset(seed=seed)
+        self.resetting[:] = False
+        self.episode_return[:] = 0
+
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step the env; returns rewards and the episodes that ended, and keeps the running returns."""
+        self.obs, rewards, terminated, truncated, _ = self.env.step(actions)
+        ended = terminated | truncated
+        self.episode_return += rewards
+        return rewards, ended
+
+    def collect(self, policy: Policy, steps: int, seed: int, progress: Callable[[int], None]
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+        """`steps` real interactions -> one buffer chunk, the actions sent to the env (for `replay`)
+        and collection stats. `seed` seeds the no-op starts when the envs are reset."""
+        continuing = self.persistent and self.obs is not None
+        if not continuing:
+            self._reset(seed)
+        recorder = StreamRecorder(self.num_envs, self.resetting)
+        (recorder.resume if continuing else recorder.start)(self.obs)
+        returns, sent, rewarded = [], [], 0
         interactions, t0 = 0, time.perf_counter()
         while interactions < steps:
-            actions = policy(obs)
-            obs, rewards, terminated, truncated, _ = env.step(actions)
-            ended = terminated | truncated
-            n = recorder.step(actions, obs, rewards, ended)
-            episode_return += rewards
-            returns.extend(episode_return[ended].tolist())
-            episode_return[ended] = 0
+            actions = policy(self.obs)
+            sent.append(actions)
+            rewards, ended = self._step(actions)
+            n = recorder.step(actions, self.obs, rewards, ended)
+            returns.extend(self.episode_return[ended].tolist())
+            self.episode_return[ended] = 0
+            rewarded += int((rewards != 0).sum())
             interactions += n
             progress(n)
         seconds = time.perf_counter() - t0
-    finally:
-        env.close()
-    stats = {"collect/steps": interactions, "throughput/env_steps_per_s": interactions / max(seconds, 1e-9),
-             "collect/episodes": len(returns)}
-    if returns:
-        stats["collect/mean_return"] = float(np.mean(returns))
-    return recorder.chunk(), stats
+        self.resetting = recorder.resetting.copy()
+        chunk = recorder.chunk()
+        # Per real step: the rate the world model's imagined rewards are compared with.
+        nonzero = chunk["rewards"][chunk["rewards"] != 0]
+        stats = {"collect/steps": interactions, "throughput/env_steps_per_s": interactions / max(seconds, 1e-9),
+                 "collect/episodes": len(returns), "collect/continued": float(continuing),
+                 "collect/reward_rate": rewarded / max(interactions, 1),
+                 "collect/sign_return_per_step": float(np.sign(nonzero).sum()) / max(interactions, 1),
+                 "collect/mean_running_return": float(np.mean(self.episode_return))}  # unfinished episodes
+        if returns:
+            stats["collect/mean_return"] = float(np.mean(returns))
+        return chunk, np.stack(sent), stats
+
+    def replay(self, seed: int, env_actions: list[np.ndarray]) -> None:
+        """Bring a persistent env to where the recorded collections left it: reset with the first
+        collection's seed, then every recorded action again (the env is deterministic)."""
+        self._reset(seed)
+        for actions in env_actions:
+            for row in actions:
+                _, ended = self._step(row)
+                self.resetting = ~self.resetting & ended  # as StreamRecorder.step tracks it
+                self.episode_return[ended] = 0
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def evaluate(env_cfg: EnvConfig, policy: Policy, episodes: int, seed: int) -> list[float]:
-    """Scores of `episodes` full games (no life-loss ends), played in parallel, one per env."""
+def evaluate(env_cfg: EnvConfig, policy: Policy, episodes: int, seed: int, num_actions: int | None = None
+             ) -> tuple[list[float], np.ndarray]:
+    """Scores of `episodes` full games (no life-loss ends), played in parallel, one per env, and how
+    often each action was taken in them (a policy collapsing onto few actions shows here first)."""
     env = make_env(env_cfg, episodes)
+    counts = np.zeros(num_actions or 1, np.int64)
     try:
         obs, _ = env.reset(seed=seed)
         scores = np.zeros(episodes)
         finished = np.zeros(episodes, bool)
         while not finished.all():
-            obs, rewards, terminated, truncated, _ = env.step(policy(obs))
+            actions = policy(obs)
+            if num_actions:
+                counts += np.bincount(actions[~finished], minlength=num_actions)
+            obs, rewards, terminated, truncated, _ = env.step(actions)
             scores += rewards * ~finished  # an env that finished keeps playing; its score is frozen
             finished |= terminated | truncated
     finally:
         env.close()
-    return scores.tolist()
+    return scores.tolist(), counts

@@ -40,7 +40,7 @@ class WorldModelTrainer:
         ])
 
     def _frames(self, buffer: ReplayBuffer, rng: np.random.Generator, n: int) -> torch.Tensor:
-        return torch.from_numpy(buffer.observations(rng.integers(0, len(buffer), n))).to(self.device)
+        return torch.from_numpy(buffer.observations(buffer.sample(rng, n))).to(self.device)
 
     def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
@@ -54,6 +54,47 @@ class WorldModelTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+
+    def _dynamics_loss(self, seq: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The dynamics loss on real windows (`ReplayBuffer.sequences`), from their pixels."""
+        encoder, codebook, d = self.system.vqvae.encoder, self.system.vqvae.codebook, self.cfg.dynamics
+        obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
+        B, T = obs.shape[:2]
+        # The encoder in eval mode: its BatchNorm then uses the running statistics, so the codes the
+        # dynamics model learns from are the codes imagination and the exported agent see (in train
+        # mode, batch statistics flipped 7.8% of the code cells of a cpu run's batches).
+        was_training = encoder.training
+        encoder.eval()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not d.stop_embedding_grad):
+            z_e = encoder(obs.flatten(0, 1)).float()  # (B * T, D, 6, 6)
+        encoder.train(was_training)
+        codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
+        z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
+        return dynamics_loss(
+            self.system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
+            torch.from_numpy(seq["actions"]).to(self.device), torch.from_numpy(seq["rewards"]).to(self.device),
+            torch.from_numpy(seq["first"]).to(self.device), self.cfg)
+
+    @torch.no_grad()
+    def score(self, chunk: dict[str, np.ndarray], rng: np.random.Generator, batches: int = 32) -> dict[str, float]:
+        """The world model on real data it has not trained on (the newest collection, i.e. the
+        policy's own trajectories), before it trains on them: next-code accuracy along the windows
+        (teacher-forced, then on its own samples, as in imagination) and reward precision/recall."""
+        d = self.cfg.dynamics
+        fresh = ReplayBuffer(self.cfg.env.frame_stack)
+        fresh.add_chunk(chunk)
+        starts = fresh.sequence_starts(d.seq_len)
+        if len(starts) == 0:
+            return {}
+        self.system.eval()
+        metrics: dict[str, list[float]] = defaultdict(list)
+        for _ in range(batches):
+            with autocast(self.device, self.amp):
+                _, m = self._dynamics_loss(fresh.sequences(rng.choice(starts, d.batch_size), d.seq_len))
+            for k, v in m.items():
+                metrics[k].append(v)
+        self.system.train()
+        return {k.replace("dynamics/", "new_data/"): v for k, v in _summary(metrics, "dynamics").items()}
 
     def warmup_batches(self, buffer: ReplayBuffer) -> int:
         return math.ceil(self.cfg.vqvae.warmup_epochs * len(buffer) / self.cfg.vqvae.batch_size)
@@ -72,7 +113,7 @@ class WorldModelTrainer:
                     metrics[k].append(v)
                 progress(1)
         finally:
-            group["lr"] = self.cfg.vqvae.lr
+            pass
         return {f"warmup/{k.split('/')[-1]}": float(np.mean(v[-10:])) for k, v in metrics.items()}
 
     def batches(self, buffer: ReplayBuffer, epochs: int) -> int:
@@ -84,7 +125,6 @@ class WorldModelTrainer:
               ) -> dict[str, float]:
         """Dynamics on every batch, the VQ-VAE on every `vqvae_every`-th, one joint optimizer step."""
         d, system = self.cfg.dynamics, self.system
-        encoder, codebook = system.vqvae.encoder, system.vqvae.codebook
         starts = buffer.sequence_starts(d.seq_len)
         assert len(starts) > 0, "no episode in the buffer is as long as one training sequence"
         system.train()
@@ -95,15 +135,7 @@ class WorldModelTrainer:
             obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
             B, T = obs.shape[:2]
             with autocast(self.device, self.amp):
-                with torch.set_grad_enabled(not d.stop_embedding_grad):
-                    z_e = encoder(obs.flatten(0, 1)).float()  # (B * T, D, 6, 6)
-                codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
-                z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
-                loss, m = dynamics_loss(
-                    system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]),
-                    codes.view(B, T, *codes.shape[1:]), torch.from_numpy(seq["actions"]).to(self.device),
-                    torch.from_numpy(seq["rewards"]).to(self.device), torch.from_numpy(seq["first"]).to(self.device),
-                    self.cfg)
+                loss, m = self._dynamics_loss(seq)
             if i % d.vqvae_every == 0:
                 vq_loss, vq_metrics = self._vqvae_loss(buffer, rng)
                 loss = loss + vq_loss
@@ -114,7 +146,17 @@ class WorldModelTrainer:
             progress(1)
         seconds = time.perf_counter() - t0
         # The last batches describe the model as it leaves this phase.
-        summary = {k: float(np.mean(v[-max(1, len(v) // 10):])) for k, v in metrics.items()}
+        summary = _summary({k: v[-max(1, len(v) // 10):] for k, v in metrics.items()}, "dynamics")
         summary["throughput/wm_samples_per_s"] = n_batches * d.batch_size * d.seq_len / max(seconds, 1e-9)
         summary["wm/batches"] = n_batches
         return summary
+
+
+def _summary(metrics: dict[str, list[float]], prefix: str) -> dict[str, float]:
+    """Means of per-batch metrics; reward hit counts become precision and recall over all batches."""
+    counts = {k: float(np.sum(metrics.pop(f"{prefix}/reward_{k}", [0])))
+              for k in ("hits", "predicted_nonzero", "true_nonzero")}
+    summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+    summary[f"{prefix}/reward_precision"] = counts["hits"] / max(counts["predicted_nonzero"], 1)
+    summary[f"{prefix}/reward_recall"] = counts["hits"] / max(counts["true_nonzero"], 1)
+    return summary
