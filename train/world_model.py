@@ -113,7 +113,7 @@ class WorldModelTrainer:
                     metrics[k].append(v)
                 progress(1)
         finally:
-            pass
+            group["lr"] = self.cfg.vqvae.lr
         return {f"warmup/{k.split('/')[-1]}": float(np.mean(v[-10:])) for k, v in metrics.items()}
 
     def batches(self, buffer: ReplayBuffer, epochs: int) -> int:
