@@ -93,6 +93,10 @@ class PPOConfig:
     # The critic's value of the state after the last imagined step stands in for the rest of the
     # episode (a cut, not an end); false treats the horizon as terminal, as the released code does.
     bootstrap_horizon: bool = True
+    # Trust region across iterations: + coef * KL(policy at the iteration's start || policy) on the
+    # imagined states, so PPO cannot move far from the policy whose real data the model has seen
+    # (0: off). Against the policy exploiting the world model's errors on states it never saw.
+    anchor_kl_coef: float = 0.0
     lr: float = 2.5e-4
     max_grad_norm: float = 0.5
 

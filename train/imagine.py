@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import numpy as np
@@ -80,6 +81,12 @@ class PolicyTrainer:
         self.system, self.cfg, self.device = system, cfg, device
         self.amp = cfg.amp and device.type == "cuda"
         self.optimizer = torch.optim.Adam(system.policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+        self.anchor: torch.nn.Module | None = None
+
+    def set_anchor(self) -> None:
+        """Freeze a copy of the policy as it is now (the iteration's start) for `ppo.anchor_kl_coef`."""
+        if self.cfg.ppo.anchor_kl_coef > 0:
+            self.anchor = copy.deepcopy(self.system.policy).eval().requires_grad_(False)
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
@@ -93,6 +100,9 @@ class PolicyTrainer:
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],
                  "advantages": advantages, "returns": returns}
         b = {k: v.reshape(-1) for k, v in batch.items()}  # each (T * N,)
+        if self.anchor is not None:
+            with torch.no_grad():
+                b["anchor_logits"] = self.anchor(b_z)[0]  # (T * N, A)
         self.system.policy.train()
         metrics: dict[str, list[float]] = defaultdict(list)
         for _ in range(p.epochs):

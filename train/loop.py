@@ -148,6 +148,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
 
                 # ---- 3. policy: PPO in imagination -------------------------------------------------
                 updates = s.ppo_updates[it - 1]
+                pt.set_anchor()
                 advance, t0, ppo_metrics = phase(f"{tag} policy (imagined)", updates), time.perf_counter(), []
                 for _ in range(updates):
                     ppo_metrics.append(pt.update(buffer, rng))

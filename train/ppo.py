@@ -32,7 +32,8 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Ten
     """Clipped policy loss + clipped value loss - entropy bonus on one minibatch.
 
     logits (M, A), values (M,) from the current policy; mb holds the rollout's actions, old
-    log-probs, old values, advantages and returns, each (M,).
+    log-probs, old values, advantages and returns, each (M,); with `cfg.anchor_kl_coef`, also the
+    anchor policy's logits (M, A), and the loss adds coef * KL(anchor || current).
     """
     M = logits.shape[0]
     assert values.shape == (M,) and mb["actions"].shape == (M,), (values.shape, mb["actions"].shape)
@@ -48,9 +49,15 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Ten
                                  F.mse_loss(values_clipped, mb["returns"], reduction="none")).mean()
     entropy = dist.entropy().mean()
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+    metrics = {}
+    if cfg.anchor_kl_coef > 0:
+        anchor = torch.distributions.Categorical(logits=mb["anchor_logits"])
+        anchor_kl = torch.distributions.kl_divergence(anchor, dist).mean()
+        loss = loss + cfg.anchor_kl_coef * anchor_kl
+        metrics["ppo/anchor_kl"] = anchor_kl.item()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clip_frac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
     return loss, {"ppo/policy_loss": policy_loss.item(), "ppo/value_loss": value_loss.item(),
                   "ppo/entropy": entropy.item(), "ppo/approx_kl": approx_kl.item(),
-                  "ppo/clip_frac": clip_frac.item()}
+                  "ppo/clip_frac": clip_frac.item(), **metrics}

@@ -1,0 +1,513 @@
+"""The training maths, pinned down on hand-worked numbers.
+
+Each test names the one-line break of the source it exists to catch ("mutation: ..."); every one of
+them was applied and seen to fail the test. Everything here is tiny and seeded: no training runs,
+no emulator. Systems use 32x32 frames (a 2x2 latent grid) where the frame size does not matter.
+"""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlswm.config import PPOConfig, resolve
+from dlswm.models import System
+from dlswm.models.dynamics import Dynamics, dynamics_loss
+from dlswm.models.vqvae import Codebook, vqvae_loss
+from dlswm.runtime.play import action_probs, choose
+from dlswm.train import real_env
+from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.imagine import PolicyTrainer, imagine
+from dlswm.train.ppo import gae, ppo_loss
+from dlswm.train.world_model import WorldModelTrainer
+
+CPU = torch.device("cpu")
+
+
+def small_cfg():
+    return resolve("tiny", "Pong", ["env.frame_size=32"])
+
+
+def small_system(num_actions=4, seed=0):
+    torch.manual_seed(seed)
+    return System(small_cfg(), num_actions)
+
+
+def synthetic_buffer(cfg, n=40, seed=0):
+    """One stream of n random frames (a single episode) with random actions and reward signs."""
+    rng = np.random.default_rng(seed)
+    size = cfg.env.frame_size
+    first, done = np.zeros(n, bool), np.zeros(n, bool)
+    first[0], done[-1] = True, True
+    buffer = ReplayBuffer(cfg.env.frame_stack)
+    buffer.add_chunk({"frames": rng.integers(0, 256, (n, size, size), dtype=np.uint8),
+                      "actions": rng.integers(0, 4, n).astype(np.int64),
+                      "rewards": rng.choice([-1.0, 0.0, 1.0], n).astype(np.float32),
+                      "first": first, "done": done})
+    return buffer
+
+
+# ---- PPO losses ------------------------------------------------------------------------------------
+
+HAND_CFG = PPOConfig(clip_coef=0.2, value_clip_coef=0.2, value_coef=0.5, entropy_coef=0.1,
+                     normalize_advantages=False)
+LN3 = math.log(3.0)
+# Every row's policy: p = softmax([0, ln 3]) = [1/4, 3/4].
+ENTROPY = math.log(4.0) - 0.75 * LN3  # -(1/4 ln 1/4 + 3/4 ln 3/4)
+RATIOS = [1.5, 0.5, 1.5, 0.5, 1.1]  # outside the clip range above and below, and one inside
+ADVANTAGES = [2.0, 1.0, -1.0, -3.0, 4.0]
+# Clipped surrogate, max(-A r, -A clip(r, 0.8, 1.2)) per sample:
+#   max(-3, -2.4) = -2.4;  max(-0.5, -0.8) = -0.5;  max(1.5, 1.2) = 1.5;  max(1.5, 2.4) = 2.4;  -4.4
+POLICY_LOSS = (-2.4 - 0.5 + 1.5 + 2.4 - 4.4) / 5  # -0.68 (with torch.min it would be -1.1)
+OLD_VALUES = [0.0, 0.0, 0.0, 1.0, 1.0]
+NEW_VALUES = [1.0, -1.0, 0.1, 1.5, 0.5]
+RETURNS = [1.0, 1.0, 0.5, 0.0, 1.0]
+# Squared errors (unclipped, clipped to old +- 0.2) -> the larger:
+#   (0, 0.64) -> 0.64;  (4, 1.44) -> 4;  (0.16, 0.16);  (2.25, 1.44) -> 2.25;  (0.25, 0.04) -> 0.25
+VALUE_LOSS = 0.5 * (0.64 + 4 + 0.16 + 2.25 + 0.25) / 5  # 0.73 (no clipping: 0.666, min: 0.308)
+
+
+def hand_minibatch():
+    M = len(RATIOS)
+    logits = torch.tensor([[0.0, LN3]] * M, dtype=torch.float64, requires_grad=True)
+    actions = torch.tensor([1, 0, 1, 0, 1])
+    new_log_probs = torch.log(torch.tensor([0.75, 0.25, 0.75, 0.25, 0.75], dtype=torch.float64))
+    mb = {"actions": actions,
+          "log_probs": new_log_probs - torch.log(torch.tensor(RATIOS, dtype=torch.float64)),  # ratio = RATIOS
+          "advantages": torch.tensor(ADVANTAGES, dtype=torch.float64),
+          "values": torch.tensor(OLD_VALUES, dtype=torch.float64),
+          "returns": torch.tensor(RETURNS, dtype=torch.float64)}
+    return logits, torch.tensor(NEW_VALUES, dtype=torch.float64), mb
+
+
+def test_ppo_clipped_surrogate_on_hand_numbers():
+    """Mutation caught: ppo_loss's `torch.max(-adv * ratio, ...)` -> `torch.min` (pessimistic bound
+    lost), or the clip range applied wrongly (-1.1 / other values instead of -0.68)."""
+    logits, values, mb = hand_minibatch()
+    _, m = ppo_loss(logits, values, mb, HAND_CFG)
+    assert m["ppo/policy_loss"] == pytest.approx(POLICY_LOSS, abs=1e-9)
+    assert m["ppo/clip_frac"] == pytest.approx(0.8)  # 4 of 5 ratios outside [0.8, 1.2]
+    kl = np.mean([(r - 1) - math.log(r) for r in RATIOS])
+    assert m["ppo/approx_kl"] == pytest.approx(kl, abs=1e-9)
+
+
+def test_ppo_clipped_value_loss_on_hand_numbers():
+    """Mutations caught: value clipping dropped (plain MSE: 0.666), `torch.max` -> `torch.min`
+    (0.308), or only the clipped term kept; the minibatch has samples where the clipped loss is
+    larger (0, 3) and where the unclipped is larger (1, 4)."""
+    logits, values, mb = hand_minibatch()
+    _, m = ppo_loss(logits, values, mb, HAND_CFG)
+    assert m["ppo/value_loss"] == pytest.approx(VALUE_LOSS, abs=1e-9)
+
+
+def test_ppo_total_loss_subtracts_the_entropy_bonus():
+    """Mutation caught: entropy bonus sign flipped (`- entropy_coef * entropy` -> `+`), or a
+    coefficient dropped: the total is policy + 0.5 * value - 0.1 * entropy on hand numbers."""
+    logits, values, mb = hand_minibatch()
+    loss, m = ppo_loss(logits, values, mb, HAND_CFG)
+    assert m["ppo/entropy"] == pytest.approx(ENTROPY, abs=1e-9)
+    assert loss.item() == pytest.approx(POLICY_LOSS + 0.5 * VALUE_LOSS - 0.1 * ENTROPY, abs=1e-9)
+
+
+def test_ppo_step_with_zero_advantages_raises_the_entropy():
+    """Mutation caught: entropy sign flipped. With zero advantages and values on their returns, the
+    only gradient is the bonus's: one gradient step must make the policy more random."""
+    logits, values, mb = hand_minibatch()
+    mb["advantages"] = torch.zeros_like(mb["advantages"])
+    mb["returns"] = mb["values"] = values.clone()
+    loss, _ = ppo_loss(logits, values, mb, HAND_CFG)
+    loss.backward()
+    stepped = (logits - 10.0 * logits.grad).detach()
+    assert torch.distributions.Categorical(logits=stepped).entropy().mean() > ENTROPY + 1e-3
+
+
+def test_ppo_anchor_kl_adds_coef_times_kl_from_the_anchor_on_hand_numbers():
+    """ppo.anchor_kl_coef: the loss grows by exactly coef * mean KL(anchor || current), in that
+    direction (mutation caught: the KL's arguments swapped, or the term's sign flipped)."""
+    logits, values, mb = hand_minibatch()
+    anchor = torch.zeros_like(logits)  # a uniform anchor u: KL(u || p) by hand below
+    base, _ = ppo_loss(logits, values, mb, HAND_CFG)
+    cfg = PPOConfig(**{**HAND_CFG.__dict__, "anchor_kl_coef": 0.5})
+    loss, m = ppo_loss(logits, values, dict(mb, anchor_logits=anchor), cfg)
+    log_p = torch.log_softmax(logits, -1)
+    u = 1 / logits.shape[-1]
+    kl = (u * (math.log(u) - log_p)).sum(-1).mean().item()  # sum_a u_a (log u_a - log p_a)
+    assert m["ppo/anchor_kl"] == pytest.approx(kl, abs=1e-9) and kl > 0
+    assert loss.item() == pytest.approx(base.item() + 0.5 * kl, abs=1e-9)
+    same, m0 = ppo_loss(logits, values, dict(mb, anchor_logits=logits.detach()), cfg)
+    assert m0["ppo/anchor_kl"] == pytest.approx(0, abs=1e-12) and same.item() == pytest.approx(base.item())
+
+
+def test_ppo_normalized_advantages_match_normalizing_by_hand():
+    """normalize_advantages=True is the same loss as passing (A - mean) / std (population std)."""
+    logits, values, mb = hand_minibatch()
+    adv = mb["advantages"]
+    on = PPOConfig(**{**HAND_CFG.__dict__, "normalize_advantages": True})
+    loss_on, _ = ppo_loss(logits, values, mb, on)
+    by_hand = dict(mb, advantages=(adv - adv.mean()) / adv.std(unbiased=False))
+    loss_off, _ = ppo_loss(logits, values, by_hand, HAND_CFG)
+    assert loss_on.item() == pytest.approx(loss_off.item(), abs=1e-6)
+
+
+# ---- GAE ---------------------------------------------------------------------------------------------
+
+def test_gae_returns_and_monte_carlo_limit():
+    """returns == advantages + values; at gamma = lambda = 1 the return is the reward-to-go plus the
+    bootstrap value, at lambda = 1 it is the discounted return minus the value, and at lambda = 0
+    each advantage is its one-step TD error.
+    Mutations caught: the bootstrap `next_value = last_value` dropped, `next_value = values[t]` not
+    advanced, gamma or lambda left out of the advantage recursion, returns not advantages + values."""
+    g = torch.Generator().manual_seed(0)
+    T, N = 5, 3
+    rewards = torch.randint(-1, 2, (T, N), generator=g).double()
+    values = torch.randn(T, N, generator=g, dtype=torch.float64)
+    last = torch.randn(N, generator=g, dtype=torch.float64)
+    adv, ret = gae(rewards, values, last, 0.9, 0.8)
+    assert torch.allclose(ret, adv + values)
+    adv1, ret1 = gae(rewards, values, last, 1.0, 1.0)
+    to_go = rewards.flip(0).cumsum(0).flip(0)
+    assert torch.allclose(ret1, to_go + last)
+    assert torch.allclose(adv1, to_go + last - values)
+    adv_mc, _ = gae(rewards, values, last, 0.9, 1.0)  # lambda 1: discounted Monte Carlo return - value
+    for t in range(T):
+        discounted = sum(0.9 ** k * rewards[t + k] for k in range(T - t)) + 0.9 ** (T - t) * last
+        assert torch.allclose(adv_mc[t], discounted - values[t])
+    adv0, _ = gae(rewards, values, last, 0.9, 0.0)
+    next_values = torch.cat([values[1:], last[None]])
+    assert torch.allclose(adv0, rewards + 0.9 * next_values - values)
+
+
+# ---- sampling temperature ------------------------------------------------------------------------------
+
+LOGITS = np.array([1.0, 0.0, -0.5, 0.5])
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def assert_frequencies(actions, probs):
+    """Empirical action frequencies within 5 binomial standard deviations of `probs`."""
+    n = len(actions)
+    freq = np.bincount(actions, minlength=len(probs)) / n
+    tol = 5 * np.sqrt(probs * (1 - probs) / n) + 1e-3
+    assert (np.abs(freq - probs) <= tol).all(), (freq, probs)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_torch_sampler_draws_from_softmax_of_logits_over_temperature(temperature):
+    """Mutation caught: train/real_env.py torch_policy `logits / temperature` -> `logits * temperature`.
+    The actor is set to output LOGITS whatever the frames; 4000 identical observations in one batch."""
+    system = small_system()
+    with torch.no_grad():
+        system.policy.actor.weight.zero_()
+        system.policy.actor.bias.copy_(torch.tensor(LOGITS))
+    act = real_env.torch_policy(system, CPU, temperature, seed=0)
+    obs = np.zeros((4000, 4, 32, 32), np.uint8)
+    actions = np.asarray(act(obs))
+    assert actions.shape == (4000,)
+    assert_frequencies(actions, softmax(LOGITS / temperature))
+    greedy = np.asarray(real_env.torch_policy(system, CPU, 0, seed=0)(obs[:8]))
+    assert (greedy == LOGITS.argmax()).all()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_runtime_sampler_draws_from_softmax_of_logits_over_temperature(temperature):
+    """Mutation caught: runtime/play.py action_probs `logits / temperature` -> `logits * temperature`:
+    the exact probabilities, and `choose`'s empirical frequencies over 4000 draws."""
+    expected = softmax(LOGITS / temperature)
+    np.testing.assert_allclose(action_probs(LOGITS, temperature), expected, rtol=1e-12)
+    np.testing.assert_allclose(action_probs(np.stack([LOGITS, LOGITS[::-1]]), temperature),
+                               np.stack([expected, expected[::-1]]), rtol=1e-12)
+    rng = np.random.default_rng(0)
+    assert_frequencies(np.array([choose(LOGITS, temperature, rng) for _ in range(4000)]), expected)
+    assert choose(LOGITS, 0, rng) == LOGITS.argmax()
+
+
+# ---- imagination -------------------------------------------------------------------------------------
+
+def context_for(cfg, N=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C, S, H = cfg.dynamics.teacher_forcing_steps, cfg.env.frame_stack, cfg.env.frame_size
+    first = torch.zeros(N, C, dtype=torch.bool)
+    first[:, 0] = True
+    return {"obs": torch.randint(0, 256, (N, C, S, H, H), generator=g, dtype=torch.uint8),
+            "actions": torch.randint(0, 4, (N, C), generator=g), "first": first}
+
+
+@pytest.mark.parametrize("reward_class,reward", [(0, -1.0), (1, 0.0), (2, 1.0)])
+def test_imagined_rewards_are_the_sign_of_the_predicted_class(reward_class, reward):
+    """Mutation caught: imagine's `reward_class.float() - 1` -> `reward_class.float()` (classes
+    {0, 1, 2} not shifted back to signs {-1, 0, +1}). The reward head is forced to one class."""
+    system = small_system().eval()
+    last = system.dynamics.reward_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.full((3,), -30.0))
+        last.bias[reward_class] = 30.0
+    torch.manual_seed(0)
+    roll = imagine(system, context_for(system.cfg), horizon=5)
+    assert roll["rewards"].shape == (5, 3)
+    assert (roll["rewards"] == reward).all()
+
+
+def test_policy_update_leaves_the_world_models_batchnorm_statistics_alone():
+    """Mutation caught: PolicyTrainer.update without `self.system.eval()` before imagine: the
+    encoder would run in train mode (batch statistics, and its BatchNorm running stats updated by
+    imagined-rollout contexts). The system is handed over in train mode, as after world-model training."""
+    system = small_system()
+    cfg = system.cfg
+    buffer = synthetic_buffer(cfg)
+    system.train()
+    before = {k: v.clone() for k, v in system.vqvae.state_dict().items()}
+    policy_before = [p.clone() for p in system.policy.parameters()]
+    torch.manual_seed(0)
+    metrics = PolicyTrainer(system, cfg, CPU).update(buffer, np.random.default_rng(0))
+    assert all(np.isfinite(v) for v in metrics.values())
+    after = system.vqvae.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert any(not torch.equal(a, b) for a, b in zip(policy_before, system.policy.parameters()))
+
+
+# ---- dynamics loss -------------------------------------------------------------------------------------
+
+def tiny_dynamics(num_actions=4, seed=0, **overrides):
+    cfg = resolve("tiny", "Pong", [f"dynamics.{k}={v}" for k, v in overrides.items()])
+    torch.manual_seed(seed)
+    return cfg, Dynamics(cfg, num_actions), Codebook(cfg.vqvae)
+
+
+def test_dynamics_latent_loss_skips_targets_across_an_episode_boundary():
+    """Mutation caught: dynamics_loss without the `valid` mask (`(ce * valid).sum() / ...` ->
+    `ce.mean()`), or the mask taken at t instead of t + 1. The latent head always predicts code 0
+    (logit 10 against 0); every target is code 0 except the first observation of a new episode
+    (code 1), which has no prediction to be judged against. Also: the reward of the step that ends
+    an episode counts, and the window's last reward does not."""
+    cfg, dyn, codebook = tiny_dynamics()
+    K, n = cfg.vqvae.codebook_size, cfg.latent_size
+    with torch.no_grad():
+        dyn.latent_head.weight.zero_()
+        dyn.latent_head.bias.zero_()
+        dyn.latent_head.bias[0] = 10.0
+        dyn.reward_head[-1].weight.zero_()
+        dyn.reward_head[-1].bias.copy_(torch.tensor([0.0, 10.0, 0.0]))
+    B, T = 2, cfg.dynamics.seq_len  # 6
+    codes = torch.zeros(B, T, n, n, dtype=torch.long)
+    codes[0, 3] = 1
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    first[0, 3] = True
+    rewards = torch.zeros(B, T)
+    rewards[0, 2] = 1.0  # received on the step that ends sample 0's first episode
+    rewards[1, T - 1] = -1.0  # after the window's last observation: no transition of this window
+    actions = torch.randint(0, 4, (B, T), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    loss, m = dynamics_loss(dyn, codebook.embed, codebook.embed(codes), codes, actions, rewards, first, cfg)
+    ce_right = math.log(1 + (K - 1) * math.exp(-10))  # target code 0
+    assert m["dynamics/latent_ce"] == pytest.approx(ce_right, abs=1e-5)  # unmasked: ce_right + 1.0
+    assert m["dynamics/latent_acc"] == 1.0
+    r_right = math.log(1 + 2 * math.exp(-10))  # target class 1 (reward 0)
+    # 2 x 5 transitions, one of them with target class 2 (ce 10 + r_right)
+    assert m["dynamics/reward_ce"] == pytest.approx(r_right + 10 / 10, abs=1e-5)
+    assert loss.item() == pytest.approx(m["dynamics/latent_ce"] + m["dynamics/reward_ce"], rel=1e-6)
+
+
+def test_dynamics_loss_teacher_forces_exactly_the_first_steps():
+    """Mutations caught: always teacher forcing (`if t + 1 < teacher_forcing_steps` -> always true),
+    never teacher forcing, an off-by-one in that condition, and the free-running part not feeding
+    the real observation at an episode start (`torch.where(restart, ...)` -> `embed(sampled)`).
+    With teacher_forcing_steps = 2 the inputs are z[:, 0], z[:, 1], then samples, except z[0, 4]
+    (sample 0's new episode). NaN anywhere else in z[:, 2:] must not change the loss."""
+    cfg, dyn, codebook = tiny_dynamics()
+    assert cfg.dynamics.teacher_forcing_steps == 2
+    B, T, n = 2, cfg.dynamics.seq_len, cfg.latent_size
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, cfg.vqvae.codebook_size, (B, T, n, n), generator=g)
+    z = codebook.embed(codes)
+    actions = torch.randint(0, 4, (B, T), generator=g)
+    rewards = torch.randint(-1, 2, (B, T), generator=g).float()
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    first[0, 4] = True
+
+    def loss(z_in):
+        torch.manual_seed(0)  # the same samples wherever the logits are the same
+        with torch.no_grad():
+            return dynamics_loss(dyn, codebook.embed, z_in, codes, actions, rewards, first, cfg)[0].item()
+
+    base = loss(z)
+    assert math.isfinite(base)
+    unused = z.clone()
+    unused[1, 2:] = float("nan")
+    unused[0, 2:4] = float("nan")
+    unused[0, 5] = float("nan")
+    assert loss(unused) == base  # free-running inputs are samples, not the real embeddings
+    prefix = z.clone()
+    prefix[:, 1] += 1.0
+    assert loss(prefix) != base  # the teacher-forced prefix is read
+    restart = z.clone()
+    restart[0, 4] += 1.0
+    assert loss(restart) != base  # an episode start is read even when free-running
+
+
+def test_reward_loss_reaches_the_lstm_only_scaled_by_reward_trunk_grad():
+    """Mutation caught: Dynamics.step `x_reward = x * g + x.detach() * (1 - g)` -> `x_reward = x`.
+    Two identical models with g = 1e-6 and g = 1: the same reward logits; the reward loss's gradient
+    on the LSTM weights is 1e-6 times as large; the reward head's own gradient is the same."""
+    _, small, _ = tiny_dynamics(reward_trunk_grad=1e-6)
+    full = copy.deepcopy(small)
+    full.reward_trunk_grad = 1.0
+    g = torch.Generator().manual_seed(0)
+    B, D, n = 3, 8, 6
+    zs = [torch.randn(B, D, n, n, generator=g, dtype=torch.float64) for _ in range(2)]
+    action, target = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])
+    logits = []
+    for dyn in (small, full):
+        dyn.double()
+        state = dyn.initial_state(B, zs[0])
+        _, _, state = dyn.step(zs[0], action, state)
+        _, reward_logits, _ = dyn.step(zs[1], action, state)
+        F.cross_entropy(reward_logits, target).backward()
+        logits.append(reward_logits.detach())
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-12, atol=1e-15)
+    for cell_s, cell_f in zip(small.cells, full.cells):
+        grad_s, grad_f = cell_s.gates.weight.grad, cell_f.gates.weight.grad
+        assert grad_f.abs().max() > 1e-4
+        torch.testing.assert_close(grad_s, 1e-6 * grad_f, rtol=1e-6, atol=1e-18)
+    for p_s, p_f in zip(small.reward_head.parameters(), full.reward_head.parameters()):
+        torch.testing.assert_close(p_s.grad, p_f.grad, rtol=1e-9, atol=1e-15)
+    assert small.latent_head.weight.grad is None
+
+
+# ---- VQ-VAE ------------------------------------------------------------------------------------------
+
+def test_vqvae_loss_adds_the_commitment_term_on_hand_numbers():
+    """Mutation caught: vqvae_loss `loss = recon + commitment_cost * commitment` -> `loss = recon`,
+    or z_q not detached in the commitment. Zero reconstruction logits give a continuous Bernoulli
+    of density 1 (recon 0); z_e = 3, z_q = 1 everywhere: commitment 4, loss 0.25 * 4 = 1."""
+    cfg = resolve("tiny").vqvae
+    assert cfg.commitment_cost == 0.25
+    B, S, H, D, n = 2, 4, 8, 8, 2
+    z_e = torch.full((B, D, n, n), 3.0, requires_grad=True)
+    z_q = torch.full((B, D, n, n), 1.0, requires_grad=True)
+    out = {"z_e": z_e, "z_q": z_q, "indices": torch.zeros(B, n, n, dtype=torch.long),
+           "recon_logits": torch.zeros(B, S, H, H)}
+    frames = torch.randint(0, 256, (B, S, H, H), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    loss, m = vqvae_loss(out, frames, cfg)
+    assert m["vqvae/recon_nll"] == pytest.approx(0.0, abs=1e-4)
+    assert m["vqvae/commitment"] == pytest.approx(4.0)
+    assert loss.item() == pytest.approx(1.0, abs=1e-4)
+    loss.backward()
+    torch.testing.assert_close(z_e.grad, torch.full_like(z_e, 0.25 * 2 * 2.0 / z_e.numel()))
+    assert z_q.grad is None  # the codebook learns by EMA, not from this loss
+
+
+def test_vqvae_loss_on_a_real_forward_is_recon_plus_quarter_commitment():
+    """Mutation caught: commitment dropped from the loss; commitment = mse(z_e, z_q) of the forward."""
+    system = small_system()
+    cfg = system.cfg
+    frames = torch.randint(0, 256, (4, 4, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = system.vqvae.eval()(frames)
+    loss, m = vqvae_loss(out, frames, cfg.vqvae)
+    commitment = F.mse_loss(out["z_e"], out["z_q"]).item()
+    assert commitment > 0.01 and m["vqvae/commitment"] == pytest.approx(commitment, rel=1e-5)
+    px = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"])
+    recon = -px.log_prob(frames.float() / 255).sum((1, 2, 3)).mean().item()
+    assert m["vqvae/recon_nll"] == pytest.approx(recon, rel=1e-5)
+    assert loss.item() == pytest.approx(recon + 0.25 * commitment, rel=1e-6, abs=1e-4)
+
+
+def test_codebook_ema_update_on_hand_numbers():
+    """Mutations caught in Codebook._ema_update: decay and 1 - decay swapped, the Laplace smoothing
+    dropped or changed, the sums not decayed, the wrong vectors summed.
+    K = 3 entries e0 = (0, 0), e1 = (10, 0), e2 = (0, 10) with counts 1; decay 0.9, epsilon 0.1.
+    Two vectors v1 = (1, 2), v2 = (3, -2), both nearest e0:
+      cluster_size = 0.9 * (1, 1, 1) + 0.1 * (2, 0, 0) = (1.1, 0.9, 0.9), n = 2.9
+      embedding_sum = 0.9 * E + 0.1 * [(4, 0), 0, 0] = [(0.4, 0), (9, 0), (0, 9)]
+      size = (cluster_size + 0.1) / (2.9 + 0.3) * 2.9 = (1.0875, 0.90625, 0.90625)
+      embedding = embedding_sum / size."""
+    cfg = resolve("tiny", "Pong", ["vqvae.codebook_size=3", "vqvae.embedding_dim=2", "vqvae.ema_decay=0.9",
+                                   "vqvae.ema_epsilon=0.1"]).vqvae
+    codebook = Codebook(cfg).train()
+    E = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    codebook.embedding.copy_(E)
+    codebook.embedding_sum.copy_(E)
+    codebook.cluster_size.fill_(1.0)
+    z_e = torch.tensor([[1.0, 3.0], [2.0, -2.0]]).view(1, 2, 1, 2)  # cells (1, 2) and (3, -2)
+    z_q, indices = codebook(z_e)
+    assert indices.tolist() == [[[0, 0]]]
+    torch.testing.assert_close(codebook.cluster_size, torch.tensor([1.1, 0.9, 0.9]))
+    torch.testing.assert_close(codebook.embedding_sum, torch.tensor([[0.4, 0.0], [9.0, 0.0], [0.0, 9.0]]))
+    expected = torch.tensor([[0.4 / 1.0875, 0.0], [9 / 0.90625, 0.0], [0.0, 9 / 0.90625]])
+    torch.testing.assert_close(codebook.embedding, expected)
+    # The straight-through output carries the updated entry's value.
+    torch.testing.assert_close(z_q, expected[0].view(1, 2, 1, 1).expand(1, 2, 1, 2))
+
+
+# ---- world-model warm-up -------------------------------------------------------------------------------
+
+def test_warmup_raises_the_vqvae_lr_and_restores_it():
+    """Mutation caught: WorldModelTrainer.warmup without `group["lr"] = self.cfg.vqvae.lr` in its
+    `finally` (the VQ-VAE would keep 10x its learning rate for the whole run), or the scale not
+    applied. Checked through the progress callback during warm-up, after it, and after an error."""
+    system = small_system()
+    cfg = system.cfg
+    buffer = synthetic_buffer(cfg, n=32)
+    wm = WorldModelTrainer(system, cfg, CPU)
+    groups = wm.optimizer.param_groups
+    seen = []
+    torch.manual_seed(0)
+    wm.warmup(buffer, np.random.default_rng(0), lambda n: seen.append([g["lr"] for g in groups]))
+    assert wm.warmup_batches(buffer) == 2
+    warm = cfg.vqvae.lr * cfg.vqvae.warmup_lr_scale
+    assert seen == [[pytest.approx(warm), cfg.dynamics.lr, cfg.dynamics.reward_lr]] * 2
+    assert [g["lr"] for g in groups] == [cfg.vqvae.lr, cfg.dynamics.lr, cfg.dynamics.reward_lr]
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        wm.warmup(buffer, np.random.default_rng(0), interrupt)
+    assert groups[0]["lr"] == cfg.vqvae.lr
+
+
+# ---- evaluation on real games ------------------------------------------------------------------------
+
+class ScriptedEnv:
+    """A stand-in vector env of 2 games: game 0 ends on step 2 and then keeps paying 5 a step
+    (as ale_py's autoreset env plays on); game 1 pays 1 a step and is truncated on step 4."""
+
+    def __init__(self):
+        self.t, self.closed = 0, False
+        self.rewards = [[1.0, 1.0], [2.0, 1.0], [5.0, 1.0], [5.0, 1.0]]
+        self.terminated = [[False, False], [True, False], [False, False], [False, False]]
+        self.truncated = [[False, False], [False, False], [False, False], [False, True]]
+
+    def reset(self, seed=None):
+        return np.zeros((2, 1)), {}
+
+    def step(self, actions):
+        assert len(actions) == 2
+        t, self.t = self.t, self.t + 1
+        return (np.full((2, 1), self.t), np.array(self.rewards[t]), np.array(self.terminated[t]),
+                np.array(self.truncated[t]), {})
+
+    def close(self):
+        self.closed = True
+
+
+def test_evaluate_freezes_a_score_when_its_game_ends(monkeypatch):
+    """Mutations caught: evaluate's `scores += rewards * ~finished` -> `scores += rewards` (game 0
+    would score 13), or `finished` updated before the rewards are added (the final step's reward
+    lost: 1). A scripted env stands in for ale_py: this is the accumulation logic alone."""
+    env = ScriptedEnv()
+    monkeypatch.setattr(real_env, "make_env", lambda env_cfg, n: env)
+    result = real_env.evaluate(resolve("tiny").env, lambda obs: np.zeros(len(obs), np.int64), 2, seed=0)
+    scores = result[0] if isinstance(result, tuple) else result  # (scores, action counts) or scores
+    assert scores == [3.0, 4.0]
+    assert env.t == 4 and env.closed
