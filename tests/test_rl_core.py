@@ -476,6 +476,22 @@ def test_warmup_raises_the_vqvae_lr_and_restores_it():
     assert groups[0]["lr"] == cfg.vqvae.lr
 
 
+def test_dynamics_batches_encode_with_the_running_batchnorm_statistics():
+    """The dynamics model learns from the codes imagination and play see: the encoder runs in eval
+    mode for its batches (mutation caught: `encoder.eval()` dropped, so batch statistics pick the
+    codes and the running statistics move) and is back in train mode afterwards."""
+    system = small_system().train()
+    cfg = system.cfg
+    buffer = synthetic_buffer(cfg, n=40)
+    wm = WorldModelTrainer(system, cfg, CPU)
+    norms = [m for m in system.vqvae.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    loss, _ = wm._dynamics_loss(buffer.sequences(buffer.sequence_starts(cfg.dynamics.seq_len)[:2], cfg.dynamics.seq_len))
+    loss.backward()
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, norms)) and system.vqvae.encoder.training
+    assert system.vqvae.encoder.proj[1].weight.grad is not None  # the article's gradient still reaches it
+
+
 # ---- evaluation on real games ------------------------------------------------------------------------
 
 class ScriptedEnv:
