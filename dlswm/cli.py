@@ -132,6 +132,24 @@ def train(
 
 
 @app.command()
+def curves(
+    runs: Annotated[list[Path], typer.Argument(help="Training run directories.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("curves.png"),
+    label: Annotated[list[str], typer.Option("--label", help="A legend name per run, in order.", show_default="the run directory's name")] = [],  # noqa: B006
+) -> None:
+    """Learning curves of runs: real score, imagined vs real reward, entropies, the model on new data."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("`dlswm curves` needs matplotlib: pip install 'dlswm[train]'", code=1) from None
+    from dlswm.train.curves import plot_runs
+
+    if label and len(label) != len(runs):
+        raise UserError(f"--label given {len(label)} times for {len(runs)} runs: give one per run")
+    typer.echo(plot_runs(runs, out, label or None))
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Training run directory (or its checkpoint.pt).")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default="RUN/export")] = None,

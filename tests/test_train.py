@@ -293,3 +293,14 @@ def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks
     assert boundaries[1][2].all() == (first_steps == 50)  # both envs reset as the second chunk starts
     assert len(context) == (6 if first_steps == 40 else 0)
     assert not np.isin(context, starts).any() and not np.isin(buffer.sample(rng, 1000), context).any()
+
+
+def test_curves_draws_a_png_of_runs_and_refuses_bad_input_in_one_line(tiny_run_dir, tmp_path):
+    out = tmp_path / "c.png"
+    ok = dlswm("curves", tiny_run_dir, tiny_run_dir, "--label", "a", "--label", "b", "-o", out)
+    assert ok.returncode == 0, ok.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
+    for args, words in [((tmp_path / "none",), "no metrics.jsonl"), ((tiny_run_dir, "--label", "a", "--label", "b"), "one per run")]:
+        bad = dlswm("curves", *args, "-o", tmp_path / "d.png")
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and words in bad.stderr
+        assert not (tmp_path / "d.png").exists()
