@@ -132,6 +132,46 @@ def train(
 
 
 @app.command()
+def profile(
+    game: Annotated[str, typer.Argument(help="Atari game, e.g. Pong.")] = "Pong",
+    preset: PresetOption = Preset.cpu,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
+    overrides: SetOption = [],  # noqa: B006
+    batches: Annotated[int, typer.Option(min=1, max=1000, help="Timed batches (PPO updates) per phase.")] = 4,
+    eval_steps: Annotated[int, typer.Option(min=1, help="Assumed vector steps of one evaluation, for the projection.")] = 5_000,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+) -> None:
+    """Time each phase of the training loop at a preset's sizes; project the whole schedule."""
+    require_torch("profile")
+    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.config import resolve
+    from dlswm.train.loop import pick_device
+    from dlswm.train.profile import profile as run_profile
+
+    cfg = resolve(preset.value, game, overrides)
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    result = run_profile(cfg, pick_device(device.value), batches, eval_steps,
+                         progress=lambda msg: console(stderr=True).log(f"timing {msg}"))
+    from rich.table import Table
+
+    table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['device']}, "
+                        f"{result['torch_threads']} torch thread(s), bf16 {'on' if result['amp'] else 'off'}")
+    for col in ("phase", "timed", "per second", "whole schedule", "projected h"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for r in result["rows"]:
+        table.add_row(r["phase"], f"{r['measured_units']:,} {r['unit']} in {r['seconds']:.2f} s", f"{r['per_s']:,.1f}",
+                      f"{r['schedule_units']:,.0f}", f"{r['projected_s'] / 3600:.2f}")
+    table.add_section()
+    table.add_row("total", "", "", "", f"{result['projected_total_s'] / 3600:.2f}")
+    console().print(table)
+    typer.echo(f"world model {result['wm_sample_steps_per_s']:,.0f} sample-steps/s, imagination "
+               f"{result['imagined_steps_per_s']:,.0f} imagined steps/s; evaluation assumes {eval_steps:,} steps a game")
+    if json_out is not None:
+        atomic_write_bytes(json_out, json.dumps(result, indent=2).encode())
+
+
+@app.command()
 def curves(
     runs: Annotated[list[Path], typer.Argument(help="Training run directories.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("curves.png"),

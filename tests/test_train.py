@@ -304,3 +304,25 @@ def test_curves_draws_a_png_of_runs_and_refuses_bad_input_in_one_line(tiny_run_d
         bad = dlswm("curves", *args, "-o", tmp_path / "d.png")
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and words in bad.stderr
         assert not (tmp_path / "d.png").exists()
+
+
+def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):
+    """The projection is each phase's measured seconds per unit times the schedule's units, worked by
+    hand for `tiny`: world-model batches ceil(2 * 256 / 48) + ceil(1 * 384 / 48) = 11 + 8, PPO 2 x 3
+    updates of 8 envs x 10 steps, warm-up ceil(1 * 256 / 16)."""
+    out = tmp_path / "p.json"
+    result = dlswm("profile", "Pong", "--preset", "tiny", "--device", "cpu", "--batches", "2", "--eval-steps", "100",
+                   "--json", out)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    rows = {r["phase"]: r for r in data["rows"]}
+    assert list(rows) == ["collect (random)", "collect (agent)", "vq-vae warm-up", "world model", "policy (imagined)",
+                          "evaluate"]
+    expected = {"collect (random)": 256, "collect (agent)": 128, "vq-vae warm-up": 16, "world model": 19,
+                "policy (imagined)": 480, "evaluate": 200}
+    assert {k: r["schedule_units"] for k, r in rows.items()} == expected
+    assert rows["world model"]["measured_units"] == 4 and rows["policy (imagined)"]["measured_units"] == 160
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["projected_s"] == pytest.approx(r["schedule_units"] * r["seconds"] / r["measured_units"])
+    assert data["projected_total_s"] == pytest.approx(sum(r["projected_s"] for r in rows.values()))
+    assert data["wm_sample_steps_per_s"] == pytest.approx(rows["world model"]["per_s"] * 8 * 6)

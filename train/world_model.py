@@ -99,14 +99,16 @@ class WorldModelTrainer:
     def warmup_batches(self, buffer: ReplayBuffer) -> int:
         return math.ceil(self.cfg.vqvae.warmup_epochs * len(buffer) / self.cfg.vqvae.batch_size)
 
-    def warmup(self, buffer: ReplayBuffer, rng: np.random.Generator, progress: Progress) -> dict[str, float]:
-        """VQ-VAE alone on the first data, at `warmup_lr_scale` x its learning rate."""
+    def warmup(self, buffer: ReplayBuffer, rng: np.random.Generator, progress: Progress,
+               n_batches: int | None = None) -> dict[str, float]:
+        """VQ-VAE alone on the first data, at `warmup_lr_scale` x its learning rate (`warmup_epochs`
+        passes, or exactly `n_batches` batches)."""
         self.system.train()
         group = self.optimizer.param_groups[0]
         group["lr"] = self.cfg.vqvae.lr * self.cfg.vqvae.warmup_lr_scale
         metrics: dict[str, list[float]] = defaultdict(list)
         try:
-            for _ in range(self.warmup_batches(buffer)):
+            for _ in range(self.warmup_batches(buffer) if n_batches is None else n_batches):
                 loss, m = self._vqvae_loss(buffer, rng)
                 self._step(loss)
                 for k, v in m.items():
@@ -121,19 +123,19 @@ class WorldModelTrainer:
         d = self.cfg.dynamics
         return math.ceil(epochs * len(buffer) / (d.batch_size * d.seq_len))
 
-    def train(self, buffer: ReplayBuffer, epochs: int, rng: np.random.Generator, progress: Progress
-              ) -> dict[str, float]:
-        """Dynamics on every batch, the VQ-VAE on every `vqvae_every`-th, one joint optimizer step."""
+    def train(self, buffer: ReplayBuffer, epochs: int, rng: np.random.Generator, progress: Progress,
+              n_batches: int | None = None) -> dict[str, float]:
+        """Dynamics on every batch, the VQ-VAE on every `vqvae_every`-th, one joint optimizer step;
+        `epochs` passes over the buffer, or exactly `n_batches` batches (`dlswm profile`)."""
         d, system = self.cfg.dynamics, self.system
         starts = buffer.sequence_starts(d.seq_len)
         assert len(starts) > 0, "no episode in the buffer is as long as one training sequence"
         system.train()
         metrics: dict[str, list[float]] = defaultdict(list)
-        n_batches, t0 = self.batches(buffer, epochs), time.perf_counter()
+        n_batches = self.batches(buffer, epochs) if n_batches is None else n_batches
+        t0 = time.perf_counter()
         for i in range(n_batches):
             seq = buffer.sequences(rng.choice(starts, d.batch_size), d.seq_len)
-            obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
-            B, T = obs.shape[:2]
             with autocast(self.device, self.amp):
                 loss, m = self._dynamics_loss(seq)
             if i % d.vqvae_every == 0:

@@ -1,0 +1,130 @@
+"""`dlswm profile`: a few timed batches of each phase of the SimPLe loop at a preset's real sizes,
+their throughput, and the preset's whole schedule projected phase by phase.
+
+Each phase runs the training loop's own code (Collector, WorldModelTrainer, PolicyTrainer, the
+torch policy) on real frames of the game, after one untimed call that pays for first-call costs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dlswm.config import Config
+from dlswm.models import System
+from dlswm.runtime.atari import make_env, resolve_game
+from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.imagine import PolicyTrainer
+from dlswm.train.real_env import Collector, random_policy, torch_policy
+from dlswm.train.world_model import WorldModelTrainer
+
+EVAL_STEPS = 5_000  # assumed vector steps of one evaluation: a game's length depends on the agent
+
+
+def schedule_work(cfg: Config, eval_steps: int = EVAL_STEPS) -> dict[str, float]:
+    """What the whole schedule asks of each phase, in the unit each is timed in. The buffer is
+    counted as the real steps collected so far (it also holds a few reset entries)."""
+    s, d = cfg.schedule, cfg.dynamics
+    steps = [s.initial_steps] + [s.steps_per_iteration] * (s.iterations - 1)
+    buffered = np.cumsum(steps)
+    return {
+        "collect (random)": s.initial_steps,
+        "collect (agent)": sum(steps[1:]),
+        "vq-vae warm-up": math.ceil(cfg.vqvae.warmup_epochs * s.initial_steps / cfg.vqvae.batch_size),
+        "world model": sum(math.ceil(e * n / (d.batch_size * d.seq_len))
+                           for e, n in zip(s.wm_epochs[:s.iterations], buffered)),
+        "policy (imagined)": sum(s.ppo_updates[:s.iterations]) * cfg.ppo.num_envs * cfg.ppo.rollout_steps,
+        "evaluate": s.iterations * eval_steps,
+    }
+
+
+UNITS = {"collect (random)": "env steps", "collect (agent)": "env steps", "vq-vae warm-up": "batches",
+         "world model": "batches", "policy (imagined)": "imagined steps", "evaluate": "vector steps"}
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int = EVAL_STEPS,
+            progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Time `batches` batches of each phase; returns per-phase rows and the projected schedule."""
+    game = resolve_game(cfg.env.game, cfg.env.full_action_space)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    system = System(cfg, game.num_actions).to(device)
+    wm, pt = WorldModelTrainer(system, cfg, device), PolicyTrainer(system, cfg, device)
+    s, quiet = cfg.schedule, (lambda n: None)
+    measured: dict[str, tuple[float, float]] = {}  # phase -> (units done, seconds)
+
+    progress("collect")
+    # Enough data for the sequences every phase samples, from one persistent env.
+    collector = Collector(cfg.env, s.collect_envs, persistent=True)
+    try:
+        n = s.collect_envs * max(64, 4 * cfg.dynamics.seq_len)
+        chunk, _, stats = collector.collect(random_policy(game.num_actions, rng), n, cfg.seed, quiet)
+        measured["collect (random)"] = (stats["collect/steps"], stats["collect/steps"] / stats["throughput/env_steps_per_s"])
+        buffer = ReplayBuffer(cfg.env.frame_stack)
+        buffer.add_chunk(chunk)
+        agent = torch_policy(system, device, cfg.policy.collect_temperature, seed=cfg.seed)
+        chunk, _, stats = collector.collect(agent, n, cfg.seed, quiet)
+        measured["collect (agent)"] = (stats["collect/steps"], stats["collect/steps"] / stats["throughput/env_steps_per_s"])
+        buffer.add_chunk(chunk)
+    finally:
+        collector.close()
+
+    progress("vq-vae warm-up")
+    wm.warmup(buffer, rng, quiet, n_batches=1)
+    measured["vq-vae warm-up"] = (batches, _timed(lambda: wm.warmup(buffer, rng, quiet, n_batches=batches), device))
+
+    progress("world model")
+    wm_batches = batches * cfg.dynamics.vqvae_every  # whole cycles: the VQ-VAE's share is the run's
+    wm.train(buffer, 0, rng, quiet, n_batches=1)
+    measured["world model"] = (wm_batches, _timed(lambda: wm.train(buffer, 0, rng, quiet, n_batches=wm_batches), device))
+
+    progress("policy (imagined)")
+    pt.update(buffer, rng)
+    seconds = _timed(lambda: [pt.update(buffer, rng) for _ in range(batches)], device)
+    measured["policy (imagined)"] = (batches * cfg.ppo.num_envs * cfg.ppo.rollout_steps, seconds)
+
+    progress("evaluate")
+    env = make_env(cfg.env, s.eval_episodes)
+    try:
+        obs, _ = env.reset(seed=cfg.seed)
+        act = torch_policy(system, device, cfg.policy.eval_temperature, seed=cfg.seed)
+        obs, *_ = env.step(act(obs))
+        k = 16 * batches
+
+        def play() -> None:
+            nonlocal obs
+            for _ in range(k):
+                obs, *_ = env.step(act(obs))
+
+        measured["evaluate"] = (k, _timed(play, device))
+    finally:
+        env.close()
+
+    work = schedule_work(cfg, eval_steps)
+    rows = []
+    for phase, (units, seconds) in measured.items():
+        rows.append({"phase": phase, "unit": UNITS[phase], "measured_units": units, "seconds": seconds,
+                     "per_s": units / max(seconds, 1e-9), "schedule_units": work[phase],
+                     "projected_s": work[phase] * seconds / max(units, 1e-9)})
+    d = cfg.dynamics
+    wm_row = next(r for r in rows if r["phase"] == "world model")
+    return {"game": game.name, "preset": cfg.preset, "config_digest": cfg.digest(), "device": str(device),
+            "torch_threads": torch.get_num_threads(), "amp": wm.amp, "eval_steps_assumed": eval_steps,
+            "rows": rows, "projected_total_s": sum(r["projected_s"] for r in rows),
+            # the units the training loop logs (throughput/*)
+            "wm_sample_steps_per_s": wm_row["per_s"] * d.batch_size * d.seq_len,
+            "imagined_steps_per_s": next(r for r in rows if r["phase"] == "policy (imagined)")["per_s"]}
