@@ -20,16 +20,19 @@ PANELS = [
 ]
 
 
+def parse_metrics_line(line: str) -> dict | None:
+    """One line of metrics.jsonl, or None for a line torn by a kill mid-append."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run} is not a dlswm run (no metrics.jsonl)")
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:  # a line torn by a kill mid-append
-            continue
+    lines = [m for line in path.read_text().splitlines() if (m := parse_metrics_line(line)) is not None]
     if not lines:
         raise UserError(f"{path} has no finished iteration yet")
     return lines

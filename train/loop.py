@@ -22,6 +22,7 @@ from dlswm.train.buffer import ReplayBuffer
 from dlswm.atomic import atomic_write_bytes
 from dlswm.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from dlswm.train.imagine import PolicyTrainer, imagine, start_context
+from dlswm.train.curves import parse_metrics_line
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import Collector, evaluate, random_policy, torch_policy
 from dlswm.train.world_model import WorldModelTrainer
@@ -214,19 +215,12 @@ def _env_seed(seed: int, iteration: int, purpose: str) -> int:
     return seed * 1_000_000 + iteration * 1_000 + {"collect": 0, "evaluate": 500}[purpose]
 
 
-def _parsed(line: str) -> dict | None:
-    try:
-        return json.loads(line)
-    except ValueError:  # a line torn by a kill mid-append
-        return None
-
-
 def _truncate_metrics(path: Path, iterations: int) -> None:
     """Drop the lines of an iteration that never reached its checkpoint."""
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines()
-             if (m := _parsed(line)) is not None and m["iteration"] <= iterations]
+             if (m := parse_metrics_line(line)) is not None and m["iteration"] <= iterations]
     atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
 
 

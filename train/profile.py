@@ -7,7 +7,6 @@ torch policy) on real frames of the game, after one untimed call that pays for f
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ from dlswm.runtime.atari import make_env, resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.imagine import PolicyTrainer
 from dlswm.train.real_env import Collector, random_policy, torch_policy
-from dlswm.train.world_model import WorldModelTrainer
+from dlswm.train.world_model import WorldModelTrainer, dynamics_batches, warmup_batches
 
 EVAL_STEPS = 5_000  # assumed vector steps of one evaluation: a game's length depends on the agent
 
@@ -28,15 +27,14 @@ EVAL_STEPS = 5_000  # assumed vector steps of one evaluation: a game's length de
 def schedule_work(cfg: Config, eval_steps: int = EVAL_STEPS) -> dict[str, float]:
     """What the whole schedule asks of each phase, in the unit each is timed in. The buffer is
     counted as the real steps collected so far (it also holds a few reset entries)."""
-    s, d = cfg.schedule, cfg.dynamics
+    s = cfg.schedule
     steps = [s.initial_steps] + [s.steps_per_iteration] * (s.iterations - 1)
     buffered = np.cumsum(steps)
     return {
         "collect (random)": s.initial_steps,
         "collect (agent)": sum(steps[1:]),
-        "vq-vae warm-up": math.ceil(cfg.vqvae.warmup_epochs * s.initial_steps / cfg.vqvae.batch_size),
-        "world model": sum(math.ceil(e * n / (d.batch_size * d.seq_len))
-                           for e, n in zip(s.wm_epochs[:s.iterations], buffered)),
+        "vq-vae warm-up": warmup_batches(cfg, s.initial_steps),
+        "world model": sum(dynamics_batches(cfg, int(n), e) for e, n in zip(s.wm_epochs[:s.iterations], buffered)),
         "policy (imagined)": sum(s.ppo_updates[:s.iterations]) * cfg.ppo.num_envs * cfg.ppo.rollout_steps,
         "evaluate": s.iterations * eval_steps,
     }
@@ -72,14 +70,13 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     collector = Collector(cfg.env, s.collect_envs, persistent=True)
     try:
         n = s.collect_envs * max(64, 4 * cfg.dynamics.seq_len)
-        chunk, _, stats = collector.collect(random_policy(game.num_actions, rng), n, cfg.seed, quiet)
-        measured["collect (random)"] = (stats["collect/steps"], stats["collect/steps"] / stats["throughput/env_steps_per_s"])
         buffer = ReplayBuffer(cfg.env.frame_stack)
-        buffer.add_chunk(chunk)
-        agent = torch_policy(system, device, cfg.policy.collect_temperature, seed=cfg.seed)
-        chunk, _, stats = collector.collect(agent, n, cfg.seed, quiet)
-        measured["collect (agent)"] = (stats["collect/steps"], stats["collect/steps"] / stats["throughput/env_steps_per_s"])
-        buffer.add_chunk(chunk)
+        for phase, policy in (("collect (random)", random_policy(game.num_actions, rng)),
+                              ("collect (agent)", torch_policy(system, device, cfg.policy.collect_temperature, cfg.seed))):
+            chunk, _, stats = collector.collect(policy, n, cfg.seed, quiet)
+            steps = stats["collect/steps"]
+            measured[phase] = (steps, steps / stats["throughput/env_steps_per_s"])
+            buffer.add_chunk(chunk)
     finally:
         collector.close()
 

@@ -75,7 +75,7 @@ class Collector:
             self._reset(seed)
         recorder = StreamRecorder(self.num_envs, self.resetting)
         (recorder.resume if continuing else recorder.start)(self.obs)
-        returns, sent, rewarded = [], [], 0
+        returns, sent = [], []
         interactions, t0 = 0, time.perf_counter()
         while interactions < steps:
             actions = policy(self.obs)
@@ -84,18 +84,17 @@ class Collector:
             n = recorder.step(actions, self.obs, rewards, ended)
             returns.extend(self.episode_return[ended].tolist())
             self.episode_return[ended] = 0
-            rewarded += int((rewards != 0).sum())
             interactions += n
             progress(n)
         seconds = time.perf_counter() - t0
         self.resetting = recorder.resetting.copy()
         chunk = recorder.chunk()
-        # Per real step: the rate the world model's imagined rewards are compared with.
-        nonzero = chunk["rewards"][chunk["rewards"] != 0]
+        # Per real step (every transition's reward is in the chunk): what imagined rewards compare with.
+        signs = np.sign(chunk["rewards"])
         stats = {"collect/steps": interactions, "throughput/env_steps_per_s": interactions / max(seconds, 1e-9),
                  "collect/episodes": len(returns), "collect/continued": float(continuing),
-                 "collect/reward_rate": rewarded / max(interactions, 1),
-                 "collect/sign_return_per_step": float(np.sign(nonzero).sum()) / max(interactions, 1),
+                 "collect/reward_rate": float(np.count_nonzero(signs)) / max(interactions, 1),
+                 "collect/sign_return_per_step": float(signs.sum()) / max(interactions, 1),
                  "collect/mean_running_return": float(np.mean(self.episode_return))}  # unfinished episodes
         if returns:
             stats["collect/mean_return"] = float(np.mean(returns))

@@ -97,7 +97,7 @@ class WorldModelTrainer:
         return {k.replace("dynamics/", "new_data/"): v for k, v in _summary(metrics, "dynamics").items()}
 
     def warmup_batches(self, buffer: ReplayBuffer) -> int:
-        return math.ceil(self.cfg.vqvae.warmup_epochs * len(buffer) / self.cfg.vqvae.batch_size)
+        return warmup_batches(self.cfg, len(buffer))
 
     def warmup(self, buffer: ReplayBuffer, rng: np.random.Generator, progress: Progress,
                n_batches: int | None = None) -> dict[str, float]:
@@ -119,9 +119,7 @@ class WorldModelTrainer:
         return {f"warmup/{k.split('/')[-1]}": float(np.mean(v[-10:])) for k, v in metrics.items()}
 
     def batches(self, buffer: ReplayBuffer, epochs: int) -> int:
-        """Dynamics batches for `epochs` passes over the buffer, counted in sample-steps."""
-        d = self.cfg.dynamics
-        return math.ceil(epochs * len(buffer) / (d.batch_size * d.seq_len))
+        return dynamics_batches(self.cfg, len(buffer), epochs)
 
     def train(self, buffer: ReplayBuffer, epochs: int, rng: np.random.Generator, progress: Progress,
               n_batches: int | None = None) -> dict[str, float]:
@@ -152,6 +150,17 @@ class WorldModelTrainer:
         summary["throughput/wm_samples_per_s"] = n_batches * d.batch_size * d.seq_len / max(seconds, 1e-9)
         summary["wm/batches"] = n_batches
         return summary
+
+
+def warmup_batches(cfg: Config, frames: int) -> int:
+    """VQ-VAE warm-up batches: `warmup_epochs` passes over `frames` observations."""
+    return math.ceil(cfg.vqvae.warmup_epochs * frames / cfg.vqvae.batch_size)
+
+
+def dynamics_batches(cfg: Config, frames: int, epochs: int) -> int:
+    """Dynamics batches for `epochs` passes over `frames` observations, counted in sample-steps."""
+    d = cfg.dynamics
+    return math.ceil(epochs * frames / (d.batch_size * d.seq_len))
 
 
 def _summary(metrics: dict[str, list[float]], prefix: str) -> dict[str, float]:
