@@ -94,6 +94,11 @@ def info(
     console().print(table)
 
 
+TorchThreadsOption = Annotated[int | None, typer.Option(
+    min=1, max=1024, help="torch intra-op threads; fewer than the cores when other work shares them.",
+    show_default="one per core this process may use")]
+
+
 class Device(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"
@@ -109,6 +114,7 @@ def train(
     device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration.")] = False,
     overrides: SetOption = [],  # noqa: B006
+    threads: TorchThreadsOption = None,
 ) -> None:
     """Train an agent in the SimPLe loop on a real Atari game; resumable after any interruption."""
     require_torch("train")
@@ -120,7 +126,7 @@ def train(
             raise UserError("--resume needs --out RUN_DIR")
         if preset is not None or overrides or seed is not None:
             raise UserError("--resume continues a run with its saved config: drop --preset, --seed and --set")
-        run_training(None, out, device.value, resume=True)
+        run_training(None, out, device.value, resume=True, threads=threads)
         return
     if game is None:
         raise UserError("missing GAME (e.g. `dlswm train Pong`)")
@@ -128,7 +134,7 @@ def train(
     from dlswm.runtime.atari import resolve_game
 
     cfg.env.game = resolve_game(cfg.env.game).name  # canonical spelling in the config and file names
-    run_training(cfg, out or Path("runs") / f"{cfg.env.game}-{cfg.preset}-s{cfg.seed}", device.value)
+    run_training(cfg, out or Path("runs") / f"{cfg.env.game}-{cfg.preset}-s{cfg.seed}", device.value, threads=threads)
 
 
 @app.command()
@@ -140,6 +146,7 @@ def profile(
     batches: Annotated[int, typer.Option(min=1, max=1000, help="Timed batches (PPO updates) per phase.")] = 4,
     eval_steps: Annotated[int, typer.Option(min=1, help="Assumed vector steps of one evaluation, for the projection.")] = 5_000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+    threads: TorchThreadsOption = None,
 ) -> None:
     """Time each phase of the training loop at a preset's sizes; project the whole schedule."""
     require_torch("profile")
@@ -152,11 +159,10 @@ def profile(
     if json_out is not None:
         check_writable(json_out, "--json")
     result = run_profile(cfg, pick_device(device.value), batches, eval_steps,
-                         progress=lambda msg: console(stderr=True).log(f"timing {msg}"))
+                         progress=lambda msg: console(stderr=True).log(f"timing {msg}"), threads=threads)
     from rich.table import Table
 
-    table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['device']}, "
-                        f"{result['torch_threads']} torch thread(s), bf16 {'on' if result['amp'] else 'off'}")
+    table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['speed']}")
     for col in ("phase", "timed", "per second", "whole schedule", "projected h"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for r in result["rows"]:

@@ -125,7 +125,10 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     preset: str = "paper"
     seed: int = 0
-    amp: bool = True  # bf16 autocast of world-model training and imagination, on CUDA only
+    # bf16 autocast of world-model training and imagination, where the hardware runs bf16 natively
+    # (CUDA from Ampere on; CPUs with AVX512-BF16 or AMX); fp32 elsewhere, whatever this says.
+    amp: bool = True
+    fused_adam: bool = True  # Adam's update as one fused kernel: the same maths, fewer passes over memory
 
     @property
     def latent_size(self) -> int:

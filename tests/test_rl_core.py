@@ -15,16 +15,18 @@ import torch.nn.functional as F
 
 from dlswm.config import PPOConfig, resolve
 from dlswm.models import System
-from dlswm.models.dynamics import Dynamics, dynamics_loss
+from dlswm.models.dynamics import Dynamics, dynamics_loss, sample_categorical
 from dlswm.models.vqvae import Codebook, vqvae_loss
 from dlswm.runtime.play import action_probs, choose
 from dlswm.train import real_env
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.imagine import PolicyTrainer, imagine
 from dlswm.train.ppo import gae, ppo_loss
+from dlswm.train.speed import Speed
 from dlswm.train.world_model import WorldModelTrainer
 
 CPU = torch.device("cpu")
+FP32 = Speed(CPU, amp=False, fused_adam=True, threads=1)  # as on a CPU without native bf16
 
 
 def small_cfg():
@@ -228,6 +230,29 @@ def test_runtime_sampler_draws_from_softmax_of_logits_over_temperature(temperatu
     assert choose(LOGITS, 0, rng) == LOGITS.argmax()
 
 
+def test_code_sampler_draws_each_cell_from_the_softmax_over_the_code_axis():
+    """Mutations caught in models/dynamics.py sample_categorical: the softmax over another axis than
+    `dim`; `cumsum` dropped; `right=True` -> `right=False` (a zero-probability first code drawn at
+    u = 0); searching all K boundaries instead of the K - 1 inner ones (code K, past the end, when u
+    rounds up to the total). Two cells of one (B, K, H, W) batch carry different distributions."""
+    cell_a = np.array([0.0, 1.0, 2.0, -1.0])
+    cell_b = np.array([-np.inf, 2.0, -np.inf, 0.5])
+    logits = torch.from_numpy(np.stack([cell_a, cell_b], -1)).float()  # (K=4, W=2)
+    logits = logits.view(1, 4, 1, 2).expand(4000, 4, 1, 2)  # (B, K, H, W)
+    torch.manual_seed(0)
+    codes = sample_categorical(logits).numpy()  # (B, H, W)
+    assert codes.shape == (4000, 1, 2)
+    assert_frequencies(codes[:, 0, 0], softmax(cell_a))
+    assert_frequencies(codes[:, 0, 1], np.exp(cell_b - cell_b.max()) / np.exp(cell_b - cell_b.max()).sum())
+    assert set(np.unique(codes[:, 0, 1])) <= {1, 3}  # zero-probability codes are never drawn
+    # The edges of the uniform, by hand: u = 0 and u = the total.
+    rows = torch.tensor([[-np.inf, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    for u, expected in ((0.0, [1, 0]), (1.0, [2, 2])):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u))
+            assert sample_categorical(rows).tolist() == expected
+
+
 # ---- imagination -------------------------------------------------------------------------------------
 
 def context_for(cfg, N=3, seed=0):
@@ -266,7 +291,7 @@ def test_policy_update_leaves_the_world_models_batchnorm_statistics_alone():
     before = {k: v.clone() for k, v in system.vqvae.state_dict().items()}
     policy_before = [p.clone() for p in system.policy.parameters()]
     torch.manual_seed(0)
-    metrics = PolicyTrainer(system, cfg, CPU).update(buffer, np.random.default_rng(0))
+    metrics = PolicyTrainer(system, cfg, FP32).update(buffer, np.random.default_rng(0))
     assert all(np.isfinite(v) for v in metrics.values())
     after = system.vqvae.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -458,7 +483,7 @@ def test_warmup_raises_the_vqvae_lr_and_restores_it():
     system = small_system()
     cfg = system.cfg
     buffer = synthetic_buffer(cfg, n=32)
-    wm = WorldModelTrainer(system, cfg, CPU)
+    wm = WorldModelTrainer(system, cfg, FP32)
     groups = wm.optimizer.param_groups
     seen = []
     torch.manual_seed(0)
@@ -483,7 +508,7 @@ def test_dynamics_batches_encode_with_the_running_batchnorm_statistics():
     system = small_system().train()
     cfg = system.cfg
     buffer = synthetic_buffer(cfg, n=40)
-    wm = WorldModelTrainer(system, cfg, CPU)
+    wm = WorldModelTrainer(system, cfg, FP32)
     norms = [m for m in system.vqvae.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in norms]
     loss, _ = wm._dynamics_loss(buffer.sequences(buffer.sequence_starts(cfg.dynamics.seq_len)[:2], cfg.dynamics.seq_len))

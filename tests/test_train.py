@@ -191,18 +191,94 @@ def test_dynamics_loss_falls_when_it_overfits_one_batch(fresh):
 def test_mixed_precision_path_trains(fresh):
     """The bf16 autocast used on CUDA, exercised with CPU autocast: finite losses, fp32 weights."""
     from dlswm.train.imagine import PolicyTrainer
+    from dlswm.train.speed import Speed
     from dlswm.train.world_model import WorldModelTrainer
 
     cfg, system, buffer = fresh
-    cpu = torch.device("cpu")
-    wm, pt = WorldModelTrainer(system, cfg, cpu), PolicyTrainer(system, cfg, cpu)
-    assert not wm.amp and not pt.amp  # never on CPU by default
-    wm.amp = pt.amp = True
+    speed = Speed(torch.device("cpu"), amp=True, fused_adam=True, threads=torch.get_num_threads())
+    wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     rng = np.random.default_rng(0)
     metrics = wm.train(buffer, 0.1, rng, lambda n: None)
     metrics.update(pt.update(buffer, rng))
     assert all(np.isfinite(v) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in system.parameters())
+
+
+def _teacher_forced_dynamics(cfg, system, buffer, amp):
+    """The world-model losses on 8 real windows and a VQ-VAE batch, every dynamics input real (no
+    sampled codes, so both precisions see the same inputs), and next-code probabilities, with or
+    without CPU bf16 autocast."""
+    from dlswm.train.speed import Speed, bf16_autocast
+    from dlswm.train.world_model import WorldModelTrainer
+
+    cfg.dynamics.teacher_forcing_steps = cfg.dynamics.seq_len
+    wm = WorldModelTrainer(system, cfg, Speed(torch.device("cpu"), amp, fused_adam=True, threads=1))
+    seq = buffer.sequences(np.arange(8) * 20, cfg.dynamics.seq_len)
+    torch.manual_seed(0)
+    with torch.no_grad(), bf16_autocast(torch.device("cpu"), amp):
+        _, m = wm._dynamics_loss(seq)
+        vq = wm._vqvae_loss(buffer, np.random.default_rng(0))[1]
+        frames = torch.from_numpy(buffer.observations(np.arange(0, 160, 10)))
+        z = system.vqvae.codebook.embed(system.vqvae.codebook.lookup(system.vqvae.encoder(frames)))
+        actions = torch.zeros(len(frames), dtype=torch.long)
+        logits, _, _ = system.dynamics.step(z, actions, system.dynamics.initial_state(len(frames), z))
+    return m, vq, logits.float().softmax(1)  # (B, K, 6, 6)
+
+
+def test_bf16_autocast_keeps_losses_and_next_code_probabilities_close_to_fp32(fresh):
+    """The CUDA path's precision, run with CPU autocast: the dynamics and VQ-VAE losses within 2%
+    and the next-code distributions within 0.02 total variation per cell of fp32's. Mutation caught:
+    the VQ-VAE's outputs not cast back to fp32 before the pixel likelihood (world_model.py)."""
+    cfg, system, buffer = fresh
+    system.eval()
+    fp32 = _teacher_forced_dynamics(cfg, system, buffer, amp=False)
+    bf16 = _teacher_forced_dynamics(cfg, system, buffer, amp=True)
+    for key in ("dynamics/latent_ce", "dynamics/reward_ce"):
+        assert bf16[0][key] == pytest.approx(fp32[0][key], rel=0.02), key
+    for key in ("vqvae/recon_nll", "vqvae/commitment"):
+        assert bf16[1][key] == pytest.approx(fp32[1][key], rel=0.02), key
+    tv = 0.5 * (bf16[2] - fp32[2]).abs().sum(1)  # (B, 6, 6)
+    assert tv.max() < 0.02, tv.max()
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_one():
+    """`fused_adam` changes kernels, not maths: 5 steps of both on the same gradients agree to float
+    rounding (a wrong lr, eps or betas in one of them would not)."""
+    from dlswm.train.speed import Speed
+
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    results = []
+    for fused in (False, True):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = Speed(torch.device("cpu"), amp=False, fused_adam=fused, threads=1).adam(params, lr=1e-3, eps=1e-5)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, start[0] if a.shape == start[0].shape else start[1])
+
+
+def test_speed_turns_bf16_on_only_where_it_is_native_and_sets_the_threads(monkeypatch):
+    from dlswm.train import speed
+
+    cfg, cpu = resolve("tiny"), torch.device("cpu")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(speed, "bf16_native", lambda device: False)
+        chosen = speed.Speed.choose(cfg, cpu, threads=1)
+        assert not chosen.amp and torch.get_num_threads() == 1
+        assert "1 torch thread(s), bf16 autocast off, fused Adam on" in chosen.describe()
+        monkeypatch.setattr(speed, "bf16_native", lambda device: True)
+        assert speed.Speed.choose(cfg, cpu, threads=1).amp
+        cfg.amp, cfg.fused_adam = False, False
+        assert speed.Speed.choose(cfg, cpu, threads=1) == speed.Speed(cpu, False, False, 1)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_resumed_run_matches_an_uninterrupted_one(tiny_run_dir, tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ import torch
 
 from dlswm.config import Config
 from dlswm.models import System
+from dlswm.models.dynamics import sample_categorical
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
-from dlswm.train.world_model import autocast
+from dlswm.train.speed import Speed, bf16_autocast
 
 
 def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Generator,
@@ -42,7 +43,7 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     real = real.view(N, C, *real.shape[1:])  # (N, C, D, 6, 6)
     state = dynamics.initial_state(N, real[:, 0])
     for t in range(C - 1):
-        with autocast(real.device, amp):
+        with bf16_autocast(real.device, amp):
             _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
     z, reset = real[:, -1], context["first"][:, -1]
     out = defaultdict(list)
@@ -56,12 +57,11 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
         out["values"].append(value)
         if decode:
             out["frames"].append(_decode(system, z))
-        with autocast(z.device, amp):
+        with bf16_autocast(z.device, amp):
             code_logits, reward_logits, state = dynamics.step(z, action, state, reset=reset)
         reset = None
-        code_logits, reward_logits = code_logits.float(), reward_logits.float()
-        codes = torch.distributions.Categorical(logits=code_logits.movedim(1, -1)).sample()  # (N, 6, 6)
-        reward_class = torch.distributions.Categorical(logits=reward_logits).sample()  # (N,)
+        codes = sample_categorical(code_logits)  # (N, 6, 6)
+        reward_class = sample_categorical(reward_logits)  # (N,)
         out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
         z = codebook.embed(codes)
     if decode:
@@ -77,10 +77,9 @@ def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyTrainer:
-    def __init__(self, system: System, cfg: Config, device: torch.device):
-        self.system, self.cfg, self.device = system, cfg, device
-        self.amp = cfg.amp and device.type == "cuda"
-        self.optimizer = torch.optim.Adam(system.policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+    def __init__(self, system: System, cfg: Config, speed: Speed):
+        self.system, self.cfg, self.speed, self.device = system, cfg, speed, speed.device
+        self.optimizer = speed.adam(system.policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
         self.anchor: torch.nn.Module | None = None
 
     def set_anchor(self) -> None:
@@ -93,7 +92,7 @@ class PolicyTrainer:
         p = self.cfg.ppo
         context = start_context(buffer, self.cfg, p.num_envs, rng, self.device)
         self.system.eval()  # BatchNorm statistics stay as the world model learnt them
-        roll = imagine(self.system, context, p.rollout_steps, amp=self.amp)
+        roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp)
         last_value = roll["last_value"] if p.bootstrap_horizon else torch.zeros_like(roll["last_value"])
         advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)

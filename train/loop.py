@@ -25,6 +25,7 @@ from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.curves import parse_metrics_line
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import Collector, evaluate, random_policy, torch_policy
+from dlswm.train.speed import Speed
 from dlswm.train.world_model import WorldModelTrainer
 
 
@@ -73,7 +74,8 @@ def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
         yield start, (lambda: progress.advance(run, 1))
 
 
-def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False) -> Path:
+def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False,
+          threads: int | None = None) -> Path:
     # ---- setup ---------------------------------------------------------------------------------
     device = pick_device(device_name)  # before anything is written
     cfg, state = prepare_run(out, cfg, resume)
@@ -86,7 +88,8 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     system = System(cfg, game.num_actions).to(device)
-    wm, pt = WorldModelTrainer(system, cfg, device), PolicyTrainer(system, cfg, device)
+    speed = Speed.choose(cfg, device, threads)
+    wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     buffer = ReplayBuffer(cfg.env.frame_stack)
     real_steps = 0
     if state:
@@ -113,7 +116,8 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
     writer = SummaryWriter(str(out / "tb"), purge_step=done + 1)
     (out / "media").mkdir(exist_ok=True)
     print(f"dlswm train {game.name} ({game.num_actions} actions), preset {cfg.preset}, config {cfg.digest()}, "
-          f"device {device}, iterations {done + 1}..{s.iterations}, out {out}")
+          f"iterations {done + 1}..{s.iterations}, out {out}")
+    print(speed.describe())
     print(json.dumps(cfg.to_dict()))
 
     saved = done  # the last iteration whose checkpoint is on disk

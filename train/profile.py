@@ -19,6 +19,7 @@ from dlswm.runtime.atari import make_env, resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.imagine import PolicyTrainer
 from dlswm.train.real_env import Collector, random_policy, torch_policy
+from dlswm.train.speed import Speed
 from dlswm.train.world_model import WorldModelTrainer, dynamics_batches, warmup_batches
 
 EVAL_STEPS = 5_000  # assumed vector steps of one evaluation: a game's length depends on the agent
@@ -55,13 +56,14 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int = EVAL_STEPS,
-            progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+            progress: Callable[[str], None] = lambda msg: None, threads: int | None = None) -> dict[str, Any]:
     """Time `batches` batches of each phase; returns per-phase rows and the projected schedule."""
     game = resolve_game(cfg.env.game, cfg.env.full_action_space)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     system = System(cfg, game.num_actions).to(device)
-    wm, pt = WorldModelTrainer(system, cfg, device), PolicyTrainer(system, cfg, device)
+    speed = Speed.choose(cfg, device, threads)
+    wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     s, quiet = cfg.schedule, (lambda n: None)
     measured: dict[str, tuple[float, float]] = {}  # phase -> (units done, seconds)
 
@@ -120,7 +122,8 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     d = cfg.dynamics
     wm_row = next(r for r in rows if r["phase"] == "world model")
     return {"game": game.name, "preset": cfg.preset, "config_digest": cfg.digest(), "device": str(device),
-            "torch_threads": torch.get_num_threads(), "amp": wm.amp, "eval_steps_assumed": eval_steps,
+            "torch_threads": speed.threads, "amp": speed.amp, "fused_adam": speed.fused_adam, "speed": speed.describe(),
+            "eval_steps_assumed": eval_steps,
             "rows": rows, "projected_total_s": sum(r["projected_s"] for r in rows),
             # the units the training loop logs (throughput/*)
             "wm_sample_steps_per_s": wm_row["per_s"] * d.batch_size * d.seq_len,

@@ -15,25 +15,20 @@ from dlswm.models import System
 from dlswm.models.dynamics import dynamics_loss
 from dlswm.models.vqvae import vqvae_loss
 from dlswm.train.buffer import ReplayBuffer
+from dlswm.train.speed import Speed
 
 Progress = Callable[[int], None]  # advance the phase's progress bar by n batches
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 mixed precision: no loss scaling needed, and fp32 where autocast keeps it (losses)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 class WorldModelTrainer:
     """One Adam over three groups: VQ-VAE (lr 1e-4), dynamics (5e-4), reward head (1e-3)."""
 
-    def __init__(self, system: System, cfg: Config, device: torch.device):
-        self.system, self.cfg, self.device = system, cfg, device
-        self.amp = cfg.amp and device.type == "cuda"
+    def __init__(self, system: System, cfg: Config, speed: Speed):
+        self.system, self.cfg, self.speed, self.device = system, cfg, speed, speed.device
         reward = list(system.dynamics.reward_head.parameters())
         reward_ids = {id(p) for p in reward}
         dynamics = [p for p in system.dynamics.parameters() if id(p) not in reward_ids]
-        self.optimizer = torch.optim.Adam([
+        self.optimizer = speed.adam([
             {"params": list(system.vqvae.parameters()), "lr": cfg.vqvae.lr},
             {"params": dynamics, "lr": cfg.dynamics.lr},
             {"params": reward, "lr": cfg.dynamics.reward_lr},
@@ -44,7 +39,7 @@ class WorldModelTrainer:
 
     def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
-        with autocast(self.device, self.amp):
+        with self.speed.autocast():
             out = self.system.vqvae(frames)
         # The likelihood of 36,864 pixels is summed: compute it in fp32.
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
@@ -89,7 +84,7 @@ class WorldModelTrainer:
         self.system.eval()
         metrics: dict[str, list[float]] = defaultdict(list)
         for _ in range(batches):
-            with autocast(self.device, self.amp):
+            with self.speed.autocast():
                 _, m = self._dynamics_loss(fresh.sequences(rng.choice(starts, d.batch_size), d.seq_len))
             for k, v in m.items():
                 metrics[k].append(v)
@@ -134,7 +129,7 @@ class WorldModelTrainer:
         t0 = time.perf_counter()
         for i in range(n_batches):
             seq = buffer.sequences(rng.choice(starts, d.batch_size), d.seq_len)
-            with autocast(self.device, self.amp):
+            with self.speed.autocast():
                 loss, m = self._dynamics_loss(seq)
             if i % d.vqvae_every == 0:
                 vq_loss, vq_metrics = self._vqvae_loss(buffer, rng)

@@ -1,0 +1,60 @@
+"""How a run uses its machine: precision, optimizer kernels, threads. None of it changes the algorithm.
+
+`Speed.choose` makes each choice once per run from the config and the hardware; the training loop
+and `dlswm profile` print it at start (`Speed.describe`), and each is a config value to turn off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from dlswm.config import Config
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bf16 at full speed: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (oneDNN's check).
+    Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 mixed precision: no loss scaling needed, and fp32 where autocast keeps it (losses)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Speed:
+    device: torch.device
+    amp: bool  # bf16 autocast of the world model and of imagination (`Config.amp`, where native)
+    fused_adam: bool  # Adam's update in one kernel over all tensors (`Config.fused_adam`)
+    threads: int  # torch intra-op threads
+
+    @classmethod
+    def choose(cls, cfg: Config, device: torch.device, threads: int | None = None) -> Speed:
+        """`threads`: torch's intra-op threads (None: one per core this process may use). Sets them."""
+        threads = threads or cpu_cores()
+        torch.set_num_threads(threads)
+        return cls(device, amp=cfg.amp and bf16_native(device), fused_adam=cfg.fused_adam, threads=threads)
+
+    def autocast(self) -> torch.autocast:
+        return bf16_autocast(self.device, self.amp)
+
+    def adam(self, params: Iterable, **kwargs) -> torch.optim.Adam:
+        # The fused kernel reads and writes each parameter's state once per step instead of once per
+        # elementwise op: the same update up to float rounding.
+        return torch.optim.Adam(params, fused=self.fused_adam or None, **kwargs)
+
+    def describe(self) -> str:
+        return (f"device {self.device}, {self.threads} torch thread(s), bf16 autocast {'on' if self.amp else 'off'}, "
+                f"fused Adam {'on' if self.fused_adam else 'off'}")
