@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -140,8 +141,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, typing.Any]) -> Config:
-        """Inverse of `to_dict`; unknown keys are an error, missing keys keep their defaults."""
-        return _from_dict(cls, data, prefix="")
+        """Inverse of `to_dict`; unknown keys are an error, missing keys keep their defaults; the result
+        is range-checked (`validate`)."""
+        return validate(_from_dict(cls, data, prefix=""))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -258,3 +260,86 @@ def resolve(preset: str, game: str | None = None, overrides: list[str] | None = 
     if seed is not None:
         cfg.seed = seed
     return apply_overrides(cfg, overrides or [])
+
+
+# ---- ranges ----------------------------------------------------------------------------------------
+# Every numeric field's valid range, checked on every config a run, a resume or a model card uses,
+# before any work: out-of-range values otherwise crash, hang or segfault deep inside a run.
+_POSITIVE = (1, None)
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "env.frame_size": _POSITIVE, "env.frame_stack": _POSITIVE, "env.frameskip": _POSITIVE, "env.noop_max": (0, None),
+    "env.repeat_action_probability": (0, 1), "env.max_episode_steps": _POSITIVE,
+    "vqvae.channels": _POSITIVE, "vqvae.res_blocks": (0, None), "vqvae.embedding_dim": _POSITIVE,
+    "vqvae.codebook_size": (2, None), "vqvae.commitment_cost": (0, None), "vqvae.ema_decay": (0, 1),
+    "vqvae.ema_epsilon": (0, None), "vqvae.batch_size": _POSITIVE, "vqvae.lr": (0, None),
+    "vqvae.warmup_epochs": (0, None), "vqvae.warmup_lr_scale": (0, None),
+    "dynamics.hidden_channels": _POSITIVE, "dynamics.layers": _POSITIVE, "dynamics.kernel_size": _POSITIVE,
+    "dynamics.reward_channels": _POSITIVE, "dynamics.reward_hidden": _POSITIVE, "dynamics.seq_len": (2, None),
+    "dynamics.teacher_forcing_steps": _POSITIVE, "dynamics.batch_size": _POSITIVE, "dynamics.lr": (0, None),
+    "dynamics.reward_lr": (0, None), "dynamics.reward_trunk_grad": (0, 1), "dynamics.vqvae_every": _POSITIVE,
+    "policy.conv_channels": _POSITIVE, "policy.kernel_size": _POSITIVE, "policy.hidden": _POSITIVE,
+    "policy.collect_temperature": (0, None), "policy.eval_temperature": (0, None),
+    "ppo.num_envs": _POSITIVE, "ppo.rollout_steps": _POSITIVE, "ppo.epochs": _POSITIVE, "ppo.minibatch_size": _POSITIVE,
+    "ppo.gamma": (0, 1), "ppo.gae_lambda": (0, 1), "ppo.clip_coef": (0, None), "ppo.value_clip_coef": (0, None),
+    "ppo.value_coef": (0, None), "ppo.entropy_coef": (0, None), "ppo.anchor_kl_coef": (0, None),
+    "ppo.lr": (0, None), "ppo.max_grad_norm": (0, None),
+    "schedule.iterations": _POSITIVE, "schedule.initial_steps": _POSITIVE, "schedule.steps_per_iteration": _POSITIVE,
+    "schedule.collect_envs": _POSITIVE, "schedule.wm_epochs": (0, None), "schedule.ppo_updates": (0, None),
+    "schedule.eval_episodes": _POSITIVE, "seed": (0, 2**32 - 1),
+}
+# Fields where the bound itself is not a valid value (a learning rate of 0 trains nothing).
+_EXCLUSIVE_LOW = {"vqvae.ema_epsilon", "vqvae.lr", "vqvae.warmup_lr_scale", "dynamics.lr", "dynamics.reward_lr",
+                  "ppo.clip_coef", "ppo.value_clip_coef", "ppo.lr", "ppo.max_grad_norm"}
+_EXCLUSIVE_HIGH = {"vqvae.ema_decay"}
+
+
+def validate(cfg: Config) -> Config:
+    """Every value in range and the sections consistent with each other; else one UserError naming
+    the key. Returns `cfg` for chaining."""
+    data = cfg.to_dict()
+    for key, (low, high) in RANGES.items():
+        node: typing.Any = data
+        for part in key.split("."):
+            node = node[part]
+        for value in (node if isinstance(node, (tuple, list)) else (node,)):
+            if not math.isfinite(value) or (low is not None and (value <= low if key in _EXCLUSIVE_LOW else value < low)) \
+                    or (high is not None and (value >= high if key in _EXCLUSIVE_HIGH else value > high)):
+                lo = "" if low is None else f"{low} {'<' if key in _EXCLUSIVE_LOW else '<='} "
+                hi = "" if high is None else f" {'<' if key in _EXCLUSIVE_HIGH else '<='} {high}"
+                raise UserError(f"config {key}={_show(node)} is out of range: expected {lo}value{hi}")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    e, v, d, s = cfg.env, cfg.vqvae, cfg.dynamics, cfg.schedule
+    if not v.channels:
+        raise UserError("config vqvae.channels is empty: give one width per encoder layer, e.g. 32,64,128,256")
+    if not e.grayscale:
+        raise UserError("config env.grayscale=false is not supported: the networks read one grayscale plane per frame")
+    side = 2 ** len(v.channels)
+    if e.frame_size % side:
+        raise UserError(f"config env.frame_size={e.frame_size} does not divide into the {len(v.channels)} "
+                        f"stride-2 layers of vqvae.channels: use a multiple of {side} (96 gives a 6x6 grid with 4)")
+    for key, k in (("dynamics.kernel_size", d.kernel_size), ("policy.kernel_size", cfg.policy.kernel_size)):
+        if k % 2 == 0:
+            raise UserError(f"config {key}={k} must be odd (a 'same' convolution keeps the latent grid's size)")
+    if d.teacher_forcing_steps > d.seq_len:
+        raise UserError(f"config dynamics.teacher_forcing_steps={d.teacher_forcing_steps} is longer than "
+                        f"dynamics.seq_len={d.seq_len}")
+    for key in ("wm_epochs", "ppo_updates"):
+        if len(getattr(s, key)) < s.iterations:
+            raise UserError(f"config schedule.iterations={s.iterations} but schedule.{key} has "
+                            f"{len(getattr(s, key))} entries: give one per iteration")
+    # The first data must hold training windows: each env's share of it is one stream.
+    if s.steps_per_iteration < s.collect_envs:
+        raise UserError(f"config schedule.steps_per_iteration={s.steps_per_iteration} is fewer than "
+                        f"schedule.collect_envs={s.collect_envs}: each env must take at least one step")
+    if s.initial_steps // s.collect_envs < d.seq_len:
+        raise UserError(f"config schedule.initial_steps={s.initial_steps} over schedule.collect_envs={s.collect_envs} "
+                        f"envs is {s.initial_steps // s.collect_envs} steps each, shorter than one training "
+                        f"window (dynamics.seq_len={d.seq_len})")
+
+
+def _show(value: typing.Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)

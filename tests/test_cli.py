@@ -42,3 +42,13 @@ def test_bad_input_is_one_line_naming_the_valid_choices(args, names):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(n in lines[0] for n in names)
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("override", ["schedule.collect_envs=0", "env.frame_stack=0", "ppo.lr=nan"])
+def test_train_refuses_an_out_of_range_config_before_writing_anything(tmp_path, override):
+    """These segfaulted, hung or crashed inside a run; now one line, and no run directory."""
+    result = dlswm("train", "Pong", "--preset", "tiny", "--set", override, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: config {override.split('=')[0]}="), result.stderr
+    assert not (tmp_path / "run").exists()

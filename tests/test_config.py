@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from dlswm.config import Config, PRESETS, apply_overrides, resolve
+from dlswm.config import PRESETS, RANGES, Config, apply_overrides, resolve, validate
 from dlswm.errors import UserError
 
 
@@ -44,3 +46,47 @@ def test_bad_overrides_name_the_problem(override, message):
 def test_unknown_preset_names_the_valid_ones():
     with pytest.raises(UserError, match="tiny, cpu, paper"):
         resolve("huge")
+
+
+# Each came from trying bad values as a user would; before range checks they crashed, hung or ran on.
+@pytest.mark.parametrize("override, message", [
+    ("schedule.collect_envs=0", "schedule.collect_envs=0 is out of range: expected 1 <= value"),  # segfault
+    ("schedule.eval_episodes=0", "schedule.eval_episodes=0 is out of range"),  # segfault after an iteration
+    ("env.frame_stack=0", "env.frame_stack=0 is out of range"),  # hang
+    ("vqvae.batch_size=0", "vqvae.batch_size=0 is out of range"),
+    ("schedule.initial_steps=0", "schedule.initial_steps=0 is out of range"),
+    ("ppo.num_envs=0", "ppo.num_envs=0 is out of range"),
+    ("ppo.lr=nan", "ppo.lr=nan is out of range: expected 0 < value"),
+    ("ppo.lr=0", "ppo.lr=0.0 is out of range: expected 0 < value"),
+    ("ppo.gamma=1.5", "ppo.gamma=1.5 is out of range: expected 0 <= value <= 1"),
+    ("vqvae.ema_decay=1", "expected 0 <= value < 1"),
+    ("schedule.wm_epochs=2,-1", "schedule.wm_epochs=2,-1 is out of range"),
+    ("seed=-1", "seed=-1 is out of range"),
+    ("env.frame_size=50", "multiple of 16"),
+    ("vqvae.channels=", "vqvae.channels is empty"),
+    ("env.grayscale=false", "grayscale=false is not supported"),
+    ("dynamics.kernel_size=4", "must be odd"),
+    ("dynamics.teacher_forcing_steps=7", "longer than dynamics.seq_len=6"),
+    ("schedule.iterations=3", "schedule.wm_epochs has 2 entries"),
+    ("schedule.initial_steps=20", "shorter than one training window"),
+    ("schedule.steps_per_iteration=3", "fewer than schedule.collect_envs=4"),
+])
+def test_out_of_range_and_inconsistent_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve("tiny", "Pong", [override])
+
+
+def test_every_preset_passes_its_own_range_checks_and_every_range_names_a_field():
+    for name in PRESETS:
+        validate(resolve(name))
+    for key in RANGES:
+        node = Config().to_dict()
+        for part in key.split("."):
+            node = node[part]  # a KeyError here is a range for a field that does not exist
+
+
+def test_a_saved_config_with_a_bad_value_is_refused_on_load():
+    data = resolve("tiny").to_dict()
+    data["ppo"]["gamma"] = 2.0
+    with pytest.raises(UserError, match="ppo.gamma=2.0"):
+        Config.from_dict(data)

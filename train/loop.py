@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import dlswm
-from dlswm.config import Config
+from dlswm.config import Config, validate
 from dlswm.errors import UserError
 from dlswm.models import System
 from dlswm.runtime.atari import resolve_game
@@ -48,10 +48,7 @@ def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, di
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
     assert cfg is not None
-    s = cfg.schedule
-    if len(s.wm_epochs) < s.iterations or len(s.ppo_updates) < s.iterations:
-        raise UserError(f"schedule.iterations={s.iterations} but schedule.wm_epochs has {len(s.wm_epochs)} "
-                        f"and schedule.ppo_updates {len(s.ppo_updates)} entries: give one per iteration")
+    validate(cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     return cfg, None
