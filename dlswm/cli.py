@@ -163,13 +163,14 @@ def profile(
     from rich.table import Table
 
     table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['speed']}")
-    for col in ("phase", "timed", "per second", "whole schedule", "projected h"):
+    for col in ("phase", "timed", "per second", "GFLOP/s", "whole schedule", "projected h"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for r in result["rows"]:
         table.add_row(r["phase"], f"{r['measured_units']:,} {r['unit']} in {r['seconds']:.2f} s", f"{r['per_s']:,.1f}",
+                      "-" if r["gflops"] is None else f"{r['gflops']:,.0f}",
                       f"{r['schedule_units']:,.0f}", f"{r['projected_s'] / 3600:.2f}")
     table.add_section()
-    table.add_row("total", "", "", "", f"{result['projected_total_s'] / 3600:.2f}")
+    table.add_row("total", "", "", "", "", f"{result['projected_total_s'] / 3600:.2f}")
     console().print(table)
     typer.echo(f"world model {result['wm_sample_steps_per_s']:,.0f} sample-steps/s, imagination "
                f"{result['imagined_steps_per_s']:,.0f} imagined steps/s; evaluation assumes {eval_steps:,} steps a game")

@@ -402,3 +402,8 @@ def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):
         assert r["seconds"] > 0 and r["projected_s"] == pytest.approx(r["schedule_units"] * r["seconds"] / r["measured_units"])
     assert data["projected_total_s"] == pytest.approx(sum(r["projected_s"] for r in rows.values()))
     assert data["wm_sample_steps_per_s"] == pytest.approx(rows["world model"]["per_s"] * 8 * 6)
+    for phase, r in rows.items():  # FLOPs counted for the training phases only, rates consistent
+        if phase in ("vq-vae warm-up", "world model", "policy (imagined)"):
+            assert r["gflop_per_unit"] > 0 and r["gflops"] == pytest.approx(r["gflop_per_unit"] * r["per_s"])
+        else:
+            assert r["gflop_per_unit"] is None and r["gflops"] is None

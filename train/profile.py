@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dlswm.config import Config
 from dlswm.models import System
@@ -55,6 +56,13 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def _counted(fn: Callable[[], Any]) -> float:
+    """FLOPs torch counts while `fn` runs (matmuls and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int = EVAL_STEPS,
             progress: Callable[[str], None] = lambda msg: None, threads: int | None = None) -> dict[str, Any]:
     """Time `batches` batches of each phase; returns per-phase rows and the projected schedule."""
@@ -82,19 +90,22 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     finally:
         collector.close()
 
+    # The first, untimed call of each training phase pays for first-call costs and counts the FLOPs.
+    flops: dict[str, float] = {}  # phase -> FLOPs per unit
     progress("vq-vae warm-up")
-    wm.warmup(buffer, rng, quiet, n_batches=1)
+    flops["vq-vae warm-up"] = _counted(lambda: wm.warmup(buffer, rng, quiet, n_batches=1))
     measured["vq-vae warm-up"] = (batches, _timed(lambda: wm.warmup(buffer, rng, quiet, n_batches=batches), device))
 
     progress("world model")
-    wm_batches = batches * cfg.dynamics.vqvae_every  # whole cycles: the VQ-VAE's share is the run's
-    wm.train(buffer, 0, rng, quiet, n_batches=1)
-    measured["world model"] = (wm_batches, _timed(lambda: wm.train(buffer, 0, rng, quiet, n_batches=wm_batches), device))
+    cycle = cfg.dynamics.vqvae_every  # whole cycles: the VQ-VAE's share is the run's
+    flops["world model"] = _counted(lambda: wm.train(buffer, 0, rng, quiet, n_batches=cycle)) / cycle
+    measured["world model"] = (batches * cycle, _timed(lambda: wm.train(buffer, 0, rng, quiet, n_batches=batches * cycle), device))
 
     progress("policy (imagined)")
-    pt.update(buffer, rng)
+    per_update = cfg.ppo.num_envs * cfg.ppo.rollout_steps
+    flops["policy (imagined)"] = _counted(lambda: pt.update(buffer, rng)) / per_update
     seconds = _timed(lambda: [pt.update(buffer, rng) for _ in range(batches)], device)
-    measured["policy (imagined)"] = (batches * cfg.ppo.num_envs * cfg.ppo.rollout_steps, seconds)
+    measured["policy (imagined)"] = (batches * per_update, seconds)
 
     progress("evaluate")
     env = make_env(cfg.env, s.eval_episodes)
@@ -116,9 +127,13 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     work = schedule_work(cfg, eval_steps)
     rows = []
     for phase, (units, seconds) in measured.items():
+        per_s = units / max(seconds, 1e-9)
         rows.append({"phase": phase, "unit": UNITS[phase], "measured_units": units, "seconds": seconds,
-                     "per_s": units / max(seconds, 1e-9), "schedule_units": work[phase],
-                     "projected_s": work[phase] * seconds / max(units, 1e-9)})
+                     "per_s": per_s, "schedule_units": work[phase], "projected_s": work[phase] / per_s,
+                     # torch's count of the phase's FLOPs (forward and backward): how close to the
+                     # device's peak the phase runs, i.e. what is left to gain without changing the maths
+                     "gflop_per_unit": flops[phase] / 1e9 if phase in flops else None,
+                     "gflops": flops[phase] * per_s / 1e9 if phase in flops else None})
     d = cfg.dynamics
     wm_row = next(r for r in rows if r["phase"] == "world model")
     return {"game": game.name, "preset": cfg.preset, "config_digest": cfg.digest(), "device": str(device),
