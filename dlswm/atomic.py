@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from dlswm.errors import UserError
@@ -22,11 +23,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def check_writable(path: Path, what: str) -> Path:
-    """Fail before the work, not after it: the target's folder must exist and take files."""
+    """Fail before the work, not after it: write and remove a small probe file beside the target.
+    (`os.access` says yes to root on a read-only place such as /proc, and knows nothing of a full disk.)"""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"{what} {path}: cannot write into {folder}")
+    if not folder.is_dir():
+        raise UserError(f"{what} {path}: cannot write into {folder}: no such folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot write into {folder} ({e.strerror or type(e).__name__})") from None
     return path
+
+
+PROBE_BYTES = 64 * 1024  # a full disk refuses this much even where it still takes an empty file
+
+
+def write_result(path: Path, data: bytes, what: str) -> None:
+    """Write a result at the end of the work; if that fails now (the disk filled up meanwhile), say
+    so in one line: the results themselves are already on the screen."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise UserError(f"{what} {path}: could not write it ({e.strerror or type(e).__name__}); "
+                        "the results are printed above", code=1) from None

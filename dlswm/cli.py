@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -124,8 +126,8 @@ def train(
     if resume:
         if out is None:
             raise UserError("--resume needs --out RUN_DIR")
-        if preset is not None or overrides or seed is not None:
-            raise UserError("--resume continues a run with its saved config: drop --preset, --seed and --set")
+        if preset is not None or overrides or seed is not None or game is not None:
+            raise UserError("--resume continues a run with its saved config and game: drop GAME, --preset, --seed and --set")
         run_training(None, out, device.value, resume=True, threads=threads)
         return
     if game is None:
@@ -150,7 +152,7 @@ def profile(
 ) -> None:
     """Time each phase of the training loop at a preset's sizes; project the whole schedule."""
     require_torch("profile")
-    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.atomic import check_writable, write_result
     from dlswm.config import resolve
     from dlswm.train.loop import pick_device
     from dlswm.train.profile import profile as run_profile
@@ -175,7 +177,7 @@ def profile(
     typer.echo(f"world model {result['wm_sample_steps_per_s']:,.0f} sample-steps/s, imagination "
                f"{result['imagined_steps_per_s']:,.0f} imagined steps/s; evaluation assumes {eval_steps:,} steps a game")
     if json_out is not None:
-        atomic_write_bytes(json_out, json.dumps(result, indent=2).encode())
+        write_result(json_out, json.dumps(result, indent=2).encode(), "--json")
 
 
 @app.command()
@@ -238,7 +240,27 @@ def export(
         raise UserError("not every variant was written: see above", code=1)
 
 
-ThreadsOption = Annotated[int, typer.Option(help="onnxruntime intra-op threads.")]
+MAX_THREADS = 256
+ThreadsOption = Annotated[int, typer.Option(min=1, max=MAX_THREADS, help="onnxruntime intra-op threads.")]
+
+
+def parse_thread_counts(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4], each in 1..MAX_THREADS."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or not all(1 <= t <= MAX_THREADS for t in counts):
+        raise UserError(f"--threads expects comma-separated integers from 1 to {MAX_THREADS}, got '{text}'")
+    return counts
+
+
+def check_temperature(temperature: float) -> float:
+    """0 (greedy) or a finite temperature from 0.01 to 100: logits over 1e-300 overflow to inf, and
+    the probabilities of inf or nan are nan."""
+    if temperature != 0 and not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
+        raise UserError(f"--temperature must be 0 (greedy) or from 0.01 to 100, got {temperature}")
+    return temperature
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or any execution provider the installed onnxruntime has.")]
 
 
@@ -258,7 +280,7 @@ def play(
     """Play Atari with an exported agent (no torch) and report score, latency and memory."""
     from rich.progress import Progress
 
-    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.atomic import check_writable, write_result
     from dlswm.runtime.gif import GifWriter
     from dlswm.runtime.play import check, default_agent, play as play_games
     from dlswm.runtime.report import play_table
@@ -269,11 +291,11 @@ def play(
             check_writable(path, what)
     if record is not None and record.suffix.lower() != ".gif":
         raise UserError(f"--record {record}: dlswm writes .gif (convert it with e.g. `ffmpeg -i x.gif x.mp4`)")
+    if temperature is not None:
+        check_temperature(temperature)
     agent = open_agent(model or default_agent(), device, threads)
     if temperature is None:
-        temperature = float(agent.card.config["policy"]["eval_temperature"])
-    if temperature < 0:
-        raise UserError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+        temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
     check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line
     with contextlib.ExitStack() as stack:
         gif = stack.enter_context(GifWriter(record, (agent.card.env_config.frame_size,) * 2)) if record else None
@@ -286,7 +308,7 @@ def play(
     if gif is not None:
         typer.echo(f"recorded {gif.frames} frames: {record}")
     if json_path is not None:
-        atomic_write_bytes(json_path, json.dumps(report, indent=2).encode())
+        write_result(json_path, json.dumps(report, indent=2).encode(), "--json")
         typer.echo(f"report: {json_path}")
 
 
@@ -305,20 +327,23 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a latency chart (PNG, needs matplotlib).")] = None,
 ) -> None:
     """Latency and memory of agent variants on this machine, each in a fresh process."""
-    from dlswm.atomic import atomic_write_bytes, check_writable
+    from dlswm.atomic import check_writable, write_result
     from dlswm.runtime import bench as benchmark
     from dlswm.runtime.report import bench_markdown, bench_table
 
     for path, what in ((json_path, "--json"), (markdown, "--markdown"), (plot, "--plot")):
         if path is not None:
             check_writable(path, what)
+    # What an extra provides is checked before minutes of measuring, not after.
+    for wanted, module, extra in ((plot, "matplotlib", "--plot"), (peak, "onnx", "--peak")):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UserError(f"{extra} needs {module}: pip install {module}")
     if compare:
         result, title = benchmark.merge(files), "dlswm bench: merged results"
     else:
-        try:
-            thread_counts = [int(t) for t in threads.split(",") if t.strip()]
-        except ValueError:
-            raise UserError(f"--threads expects comma-separated integers, got '{threads}'") from None
+        thread_counts = parse_thread_counts(threads)
+        if not (math.isfinite(duration) and 0 < duration <= 3600):
+            raise UserError(f"--duration must be a number of seconds in (0, 3600], got {duration}")
         log = console(stderr=True)
         result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run, peak,
                                  progress=lambda msg: log.log(f"measuring {msg}"))
@@ -327,9 +352,9 @@ def bench(
                  f"batch {batch}, {result['machine']['cpu']}")
     console().print(bench_table(result["rows"], title))
     if json_path is not None:
-        atomic_write_bytes(json_path, json.dumps(result, indent=2).encode())
+        write_result(json_path, json.dumps(result, indent=2).encode(), "--json")
     if markdown is not None:
-        atomic_write_bytes(markdown, bench_markdown(result["rows"]).encode())
+        write_result(markdown, bench_markdown(result["rows"]).encode(), "--markdown")
     if plot is not None:
         benchmark.plot(result["rows"], plot)
 

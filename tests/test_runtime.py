@@ -193,11 +193,26 @@ def test_bad_models_give_one_line_errors(bad_models, case, words):
 @pytest.mark.parametrize("args, words", [
     (["--device", "quantum"], "available: "), (["--episodes", "0"], "--episodes"), (["--threads", "-1"], "--threads"),
     (["--json", "/nonexistent/dir/r.json"], "cannot write"), (["--record", "/nonexistent/dir/r.gif"], "cannot write"),
+    # Each of these gave a traceback, or was accepted, before:
+    (["--json", "/proc/r.json"], "cannot write"),  # os.access says yes to root there; the results were lost
+    (["--temperature", "nan"], "--temperature"), (["--temperature", "inf"], "--temperature"),
+    (["--temperature", "1e-300"], "--temperature"), (["--threads", "10000"], "--threads"),
 ])
 def test_bad_options_give_one_line_errors(tiny_export, args, words):
     result = dlswm("play", tiny_export[0]["int8"], "--max-steps", 5, *args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--threads", ","], "--threads"), (["--threads", "10000"], "--threads"), (["--threads", "0,2"], "--threads"),
+    (["--duration", "nan"], "--duration"), (["--duration", "0"], "--duration"),
+    (["--markdown", "/proc/b.md"], "cannot write"),
+])
+def test_bad_bench_options_give_one_line_errors_before_measuring(tiny_export, args, words):
+    result = dlswm("bench", tiny_export[0]["int8"], "--warmup", 1, *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr and "measuring" not in result.stderr
 
 
 def test_play_with_no_model_argument_plays_the_shipped_agent(tmp_path):

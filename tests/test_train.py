@@ -407,3 +407,80 @@ def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):
             assert r["gflop_per_unit"] > 0 and r["gflops"] == pytest.approx(r["gflop_per_unit"] * r["per_s"])
         else:
             assert r["gflop_per_unit"] is None and r["gflops"] is None
+
+
+def test_a_live_run_directory_is_refused_to_a_second_process(tmp_path):
+    """Before the lock, a `--resume` beside a live run went ahead and both wrote every iteration."""
+    from dlswm.train.loop import prepare_run
+
+    out = tmp_path / "run"
+    _, _, lock = prepare_run(out, resolve("tiny", "Pong"), resume=False)  # this process holds the run
+    try:
+        result = dlswm("train", "--out", out, "--resume")
+    finally:
+        lock.close()
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"in use by a running dlswm train (pid {os.getpid()})" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A tiny run stopped as iteration 2 began: iteration 1's checkpoint and chunk on disk."""
+    from dlswm.train import loop
+    from dlswm.train.real_env import Collector
+
+    collect, calls = Collector.collect, {"n": 0}
+
+    def interrupt_second(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return collect(self, *args, **kwargs)
+
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Collector, "collect", interrupt_second)
+        with pytest.raises(UserError, match="interrupted"):
+            loop.train(resolve("tiny", "Pong"), out, device_name="cpu")
+    return out
+
+
+def _damage(run, case):
+    chunk = run / "buffer" / "chunk_001.npz"
+    if case == "no checkpoint":
+        (run / "checkpoint.pt").unlink()
+    elif case == "truncated config":
+        (run / "config.json").write_text((run / "config.json").read_text()[:100])
+    elif case == "truncated chunk":
+        chunk.write_bytes(chunk.read_bytes()[:1000])
+    elif case == "random chunk":
+        chunk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif case == "out is a file":
+        return run / "config.json"
+    return run
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no checkpoint", "has no checkpoint.pt but holds finished work (chunk_001.npz"),  # restarted silently
+    ("truncated config", "config.json is damaged (JSONDecodeError)"),  # traceback
+    ("truncated chunk", "missing or damaged (BadZipFile)"),  # traceback
+    ("random chunk", "missing or damaged ("),  # advised allow_pickle
+    ("out is a file", "is a file, not a run directory"),  # traceback
+])
+def test_resume_of_a_damaged_or_incomplete_run_is_one_line_and_changes_nothing(interrupted_run, tmp_path, case, words):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    target = _damage(run, case)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = dlswm("train", "--out", target, "--resume")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and "allow_pickle" not in result.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == \
+        {p: b for p, b in before.items() if p.name != ".lock"}
+
+
+def test_resume_with_a_game_argument_is_refused(interrupted_run):
+    result = dlswm("train", "Breakout", "--out", interrupted_run, "--resume")
+    assert result.returncode == 2 and "drop GAME" in result.stderr

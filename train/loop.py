@@ -5,7 +5,9 @@ in imagination, evaluate on real games, save. Each finished iteration is a check
 from __future__ import annotations
 
 import json
+import os
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,21 +39,58 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None]:
-    """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint."""
+def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None, Any]:
+    """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint. Either
+    way the run directory is locked for this process (the third value: keep it until the run ends)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory")
     if resume:
         if not (out / "config.json").is_file():
             raise UserError(f"--resume: {out} is not a dlswm run (no config.json)")
-        saved = Config.from_dict(json.loads((out / "config.json").read_text()))
-        state = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
-        return (checkpoint_config(state) if state else saved), state
+        lock = lock_run(out)
+        try:
+            saved = Config.from_dict(json.loads((out / "config.json").read_text()))
+        except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise UserError(f"--resume: {out / 'config.json'} is damaged ({type(e).__name__})") from None
+        if (out / CHECKPOINT_NAME).exists():
+            state = load_checkpoint(out / CHECKPOINT_NAME)
+            return checkpoint_config(state), state, lock
+        finished = sorted(p.name for p in (out / "buffer").glob("chunk_*.npz")) + \
+            [name for name in (BEST_NAME, "metrics.jsonl") if (out / name).exists()]
+        if finished:  # restarting would overwrite finished work
+            raise UserError(f"--resume: {out} has no {CHECKPOINT_NAME} but holds finished work "
+                            f"({', '.join(finished[:4])}{', ...' if len(finished) > 4 else ''}): restore "
+                            f"{CHECKPOINT_NAME} (e.g. from {BEST_NAME}, which is the best iteration's) or use a new --out")
+        return saved, None, lock  # interrupted before iteration 1 finished: start it again
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
     assert cfg is not None
     validate(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_run(out)
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
-    return cfg, None
+    return cfg, None, lock
+
+
+def lock_run(out: Path) -> Any:
+    """An exclusive lock on `out/.lock` held while this process lives (the OS drops it on any exit,
+    kill -9 included), so a second `train` on a live run directory is refused instead of both writing."""
+    f = open(out / ".lock", "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, run unguarded
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{out} is in use by a running dlswm train ({holder}); wait for it or stop it") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
 
 
 @contextmanager
@@ -75,7 +114,7 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
           threads: int | None = None) -> Path:
     # ---- setup ---------------------------------------------------------------------------------
     device = pick_device(device_name)  # before anything is written
-    cfg, state = prepare_run(out, cfg, resume)
+    cfg, state, _lock = prepare_run(out, cfg, resume)
     s = cfg.schedule
     done = state["iteration"] if state else 0
     if done >= s.iterations:
@@ -99,8 +138,10 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         try:
             buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
-        except (OSError, KeyError, ValueError) as e:
-            raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged ({e})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            # Only the type: numpy's own text for a foreign file suggests allow_pickle, never advisable.
+            raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged "
+                            f"({type(e).__name__}); the run cannot resume without it") from None
         real_steps = state["real_steps"]
     collector = Collector(cfg.env, s.collect_envs, s.persistent_envs)
     if state and s.persistent_envs:
