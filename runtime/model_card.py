@@ -7,7 +7,8 @@ Stored as one JSON document under the metadata key `dlswm`; `dlswm play` builds 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dlswm.config import EnvConfig
@@ -58,7 +59,50 @@ class ModelCard:
         if version > FORMAT_VERSION:
             raise UserError(f"{source} is dlswm model format {version}; this dlswm reads up to "
                             f"{FORMAT_VERSION}: upgrade dlswm")
+        if version < 1:
+            raise UserError(f"{source} has dlswm model format {version}; formats start at 1")
+        # Fields a newer dlswm of this format added are ignored, with a word: they cannot be needed here.
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(data) - known)
+        if isinstance(data.get("env"), dict):
+            env_known = {f.name for f in fields(EnvConfig)}
+            extra += [f"env.{k}" for k in sorted(set(data["env"]) - env_known)]
+            data["env"] = {k: v for k, v in data["env"].items() if k in env_known}
+        if extra:
+            print(f"warning: {source}: ignoring model card fields this dlswm does not know: {', '.join(extra)}",
+                  file=sys.stderr)
         try:
-            return cls(**data)
+            return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as e:
             raise UserError(f"{source} has incomplete dlswm metadata ({e})") from None
+
+    def check(self, source: str, input_shape: list[Any], logits_width: Any) -> None:
+        """Everything `play` and `bench` rely on, before any work: the environment the card
+        describes, its game's action set and the graph's input and output agree. ale-py's vector env
+        does not check actions: an action set of another game hangs its `step`."""
+        from dlswm.config import Config
+        from dlswm.runtime.atari import resolve_game
+
+        if not isinstance(self.env, dict) or not isinstance(self.config, dict):
+            raise UserError(f"{source}: the model card's env and config must be objects")
+        try:
+            env = EnvConfig(**self.env)
+            Config.from_dict({**self.config, "env": self.env})  # range-checks everything, the env too
+            self.config["policy"]["eval_temperature"]  # noqa: B018 (play's default temperature)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise UserError(f"{source}: the model card's config is incomplete ({type(e).__name__}: {e})") from None
+        except UserError as e:
+            raise UserError(f"{source}: the model card's {e}") from None
+        game = resolve_game(env.game, env.full_action_space)
+        if resolve_game(self.game).name != game.name:
+            raise UserError(f"{source}: the model card names the game {self.game} but its env plays {env.game}")
+        if list(game.action_ids) != list(self.action_ids):
+            raise UserError(f"{source}: the model's {len(self.action_ids)} actions do not match {game.name}'s "
+                            f"{game.num_actions} in this ale-py; it was exported for another action set")
+        if isinstance(logits_width, int) and logits_width != len(self.action_ids):
+            raise UserError(f"{source}: the model outputs {logits_width} logits but its card lists "
+                            f"{len(self.action_ids)} actions")
+        expected = [env.frame_stack, env.frame_size, env.frame_size]
+        if [d if isinstance(d, int) else None for d in input_shape[1:]] not in (expected, [None] * 3):
+            raise UserError(f"{source}: the model reads frames of shape {input_shape[1:]} but its card's env "
+                            f"makes {expected} (frame_stack, frame_size, frame_size)")

@@ -18,7 +18,7 @@ import numpy as np
 import dlswm
 from dlswm.config import EnvConfig
 from dlswm.errors import UserError
-from dlswm.runtime.atari import make_env, resolve_game
+from dlswm.runtime.atari import make_env
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
 from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
@@ -36,20 +36,12 @@ def default_agent() -> Path:
 
 
 def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
-    """Everything that can be wrong before the first step. ale_py's vector env does not check
-    actions (an index past the set hangs `step`): the model's action set must be the game's."""
+    """The options, before the first step (`open_agent` has checked the model card against the
+    graph and the game)."""
     if episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-    card = agent.card
-    width = agent.session.get_outputs()[0].shape[-1]
-    if isinstance(width, int) and width != card.num_actions:
-        raise UserError(f"{agent.path}: the model outputs {width} logits but its card lists {card.num_actions} actions")
-    game = resolve_game(card.game, card.env_config.full_action_space)
-    if list(game.action_ids) != list(card.action_ids):
-        raise UserError(f"{agent.path}: the model's {card.num_actions} actions do not match {game.name}'s "
-                        f"{game.num_actions} in this ale-py; it was exported for another action set")
 
 
 def action_probs(logits: np.ndarray, temperature: float) -> np.ndarray:

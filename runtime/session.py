@@ -66,4 +66,5 @@ def open_agent(path: str | Path, device: str = "cpu", threads: int = 1) -> Agent
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a loadable ONNX model ({first[:160]})") from None
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    card.check(str(path), session.get_inputs()[0].shape, session.get_outputs()[0].shape[-1])
     return Agent(session, card, path, threads)

@@ -175,19 +175,52 @@ def bad_models(tiny_export, tmp_path):
     wrong_actions = tmp_path / "wrong.onnx"
     onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, "action_ids": card["action_ids"][:3]})})
     onnx.save(good, wrong_actions)
-    return {"missing": tmp_path / "nope.onnx", "directory": tmp_path, "truncated": truncated, "text": text,
-            "foreign": foreign, "newer": newer, "wrong actions": wrong_actions}
+    cases = {"missing": tmp_path / "nope.onnx", "directory": tmp_path, "truncated": truncated, "text": text,
+             "foreign": foreign, "newer": newer, "wrong actions": wrong_actions}
+    # Cards that hung play and bench, or ended in tracebacks, or were accepted:
+    config_without_policy = {k: v for k, v in card["config"].items() if k != "policy"}
+    for name, changed in {"other game's env": {"env": {**card["env"], "game": "Seaquest"}},  # hang
+                          "same-size game": {"env": {**card["env"], "game": "Tennis"}},  # played Tennis as "Pong"
+                          "env null": {"env": None}, "frame_stack 2": {"env": {**card["env"], "frame_stack": 2}},
+                          "frame_size 84": {"env": {**card["env"], "frame_size": 84}},
+                          "frameskip 0": {"env": {**card["env"], "frameskip": 0}},
+                          "no policy config": {"config": config_without_policy},
+                          "format 0": {"format_version": 0}}.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.onnx"
+        onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, **changed})})
+        onnx.save(good, path)
+        cases[name] = path
+    return cases
 
 
 @pytest.mark.parametrize("case, words", [
     ("missing", "does not exist"), ("directory", "is a directory"), ("truncated", "not a loadable ONNX"),
     ("text", "not a loadable ONNX"), ("foreign", "not a dlswm agent"), ("newer", "upgrade dlswm"),
-    ("wrong actions", "3 actions"),
+    ("wrong actions", "3 actions"), ("other game's env", "names the game Pong but its env plays Seaquest"),
+    ("same-size game", "its env plays Tennis"), ("env null", "env and config must be objects"),
+    ("frame_stack 2", "reads frames of shape [4, 96, 96]"), ("frame_size 84", "config env.frame_size=84"),
+    ("frameskip 0", "env.frameskip=0 is out of range"), ("no policy config", "config is incomplete"),
+    ("format 0", "format 0"),
 ])
-def test_bad_models_give_one_line_errors(bad_models, case, words):
-    result = dlswm("play", bad_models[case], "--max-steps", 5)
+@pytest.mark.parametrize("command", ["play", "bench"])
+def test_bad_models_give_one_line_errors(bad_models, case, words, command):
+    """`play` and `bench` share one check of the model card (`ModelCard.check`), before any work."""
+    extra = ["--max-steps", 5] if command == "play" else ["--warmup", 1, "--duration", 0.1]
+    result = dlswm(command, bad_models[case], *extra)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: ") and words in result.stderr
+
+
+def test_a_card_from_a_newer_dlswm_with_an_extra_env_field_plays_with_a_warning(tiny_export, tmp_path):
+    good = onnx.load(tiny_export[0]["int8"])
+    card = json.loads(good.metadata_props[0].value)
+    onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, "env": {**card["env"], "sticky_seed": 1},
+                                                                 "made_by": "dlswm 9.1"})})
+    newer = tmp_path / "newer-minor.onnx"
+    onnx.save(good, newer)
+    result = dlswm("play", newer, "--max-steps", 5)
+    assert result.returncode == 0, result.stderr
+    assert "warning: " in result.stderr and "env.sticky_seed" in result.stderr and "made_by" in result.stderr
 
 
 @pytest.mark.parametrize("args, words", [
