@@ -66,6 +66,19 @@ def _row(label: str, variant: str, threads: int, batch: int, card: ModelCard, si
             "peak_rss_mb": result["peak_rss_mb"], "actions": result["actions"]}
 
 
+def check_same_agent(run: Path, card: ModelCard, source: str) -> None:
+    """`--torch RUN` must hold the network the ONNX file was exported from (its game and the
+    sections that shape the inference path), or the speed-up compares two different models."""
+    from dlswm.config import Config
+    from dlswm.train.checkpoint import checkpoint_config, load_checkpoint
+
+    state = load_checkpoint(run)
+    ours, theirs = checkpoint_config(state).to_dict(), Config.from_dict(card.config).to_dict()
+    if state["game"]["name"] != card.game or any(ours[k] != theirs[k] for k in ("env", "vqvae", "policy")):
+        raise UserError(f"--torch {run}: a {state['game']['name']} run of preset {ours['preset']}, not the network "
+                        f"{source} was exported from ({card.game}, preset {theirs['preset']})")
+
+
 def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
           torch_run: Path | None, peak: bool = False, progress=lambda msg: None) -> dict[str, Any]:
     if not models:
@@ -77,8 +90,10 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
     for a in agents[1:]:
         if (a.card.game, a.card.action_ids, a.card.env) != (card.game, card.action_ids, card.env):
             raise UserError(f"{a.path} is an agent for another game or observation spec than {agents[0].path}")
-    if torch_run is not None and importlib.util.find_spec("torch") is None:  # the worker imports it, not us
-        raise UserError("--torch needs torch: pip install 'dlswm[train]'", code=1)
+    if torch_run is not None:
+        if importlib.util.find_spec("torch") is None:  # the worker imports it, not us
+            raise UserError("--torch needs torch: pip install 'dlswm[train]'", code=1)
+        check_same_agent(torch_run, card, str(agents[0].path))
     host = machine()
     label = str(host["hostname"])
     rows = []

@@ -270,3 +270,11 @@ def test_no_shipped_agent_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
     with pytest.raises(UserError, match="dlswm export"):
         default_agent()
+
+
+def test_bench_torch_refuses_a_run_of_another_game_or_preset(tiny_run_dir):
+    """Before, it measured the tiny Pong run against the shipped CrazyClimber agent and reported
+    the speed-up of one over the other."""
+    result = dlswm("bench", default_agent(), "--torch", tiny_run_dir, "--duration", 0.1, block_torch=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "a Pong run of preset tiny, not the network" in result.stderr and "(CrazyClimber, preset cpu)" in result.stderr
