@@ -381,4 +381,6 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    if code == 130:  # typer, not standalone, returns Ctrl-C as this exit code instead of raising
+        typer.echo("error: interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +280,14 @@ def test_bench_torch_refuses_a_run_of_another_game_or_preset(tiny_run_dir):
     result = dlswm("bench", default_agent(), "--torch", tiny_run_dir, "--duration", 0.1, block_torch=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "a Pong run of preset tiny, not the network" in result.stderr and "(CrazyClimber, preset cpu)" in result.stderr
+
+
+def test_ctrl_c_in_play_ends_with_one_error_line():
+    """Before, typer turned the interrupt into a bare exit code 130: the user saw a blank line."""
+    code = NO_TORCH + "import sys; from dlswm.cli import main; sys.argv = ['dlswm', 'play', '--episodes', '30']; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
