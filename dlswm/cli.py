@@ -98,7 +98,7 @@ def info(
 
 TorchThreadsOption = Annotated[int | None, typer.Option(
     min=1, max=1024, help="torch intra-op threads; fewer than the cores when other work shares them.",
-    show_default="one per core this process may use")]
+    show_default="OMP_NUM_THREADS, else one per core")]
 
 
 class Device(str, enum.Enum):

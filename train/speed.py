@@ -6,7 +6,6 @@ and `dlswm profile` print it at start (`Speed.describe`), and each is a config v
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -28,11 +27,6 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @dataclass(frozen=True)
 class Speed:
     device: torch.device
@@ -42,10 +36,12 @@ class Speed:
 
     @classmethod
     def choose(cls, cfg: Config, device: torch.device, threads: int | None = None) -> Speed:
-        """`threads`: torch's intra-op threads (None: one per core this process may use). Sets them."""
-        threads = threads or cpu_cores()
-        torch.set_num_threads(threads)
-        return cls(device, amp=cfg.amp and bf16_native(device), fused_adam=cfg.fused_adam, threads=threads)
+        """`threads`: torch's intra-op threads, set here; None keeps torch's choice (OMP_NUM_THREADS
+        where set, else one per core)."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return cls(device, amp=cfg.amp and bf16_native(device), fused_adam=cfg.fused_adam,
+                   threads=torch.get_num_threads())
 
     def autocast(self) -> torch.autocast:
         return bf16_autocast(self.device, self.amp)
