@@ -312,6 +312,36 @@ def test_a_resumed_run_matches_an_uninterrupted_one(tiny_run_dir, tmp_path, monk
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[1])["collect/continued"] == 1.0
 
 
+def test_collection_and_evaluation_never_share_an_env_seed(tmp_path, monkeypatch):
+    """ale_py seeds env e of a block seeded s with s + e. An evaluation game that shared a seed with
+    a collection game would replay a no-op start the buffer already holds. Mutations caught: the
+    evaluation offset in `_env_seed` set to the collection's, or the loop passing the collection
+    seed to `evaluate`."""
+    from dlswm.train import loop
+    from dlswm.train.real_env import Collector
+
+    blocks = []  # (purpose, first seed, envs)
+    collect, evaluate = Collector.collect, loop.evaluate
+
+    def spy_collect(self, policy, steps, seed, progress):
+        blocks.append(("collect", seed, self.num_envs))
+        return collect(self, policy, steps, seed, progress)
+
+    def spy_evaluate(env_cfg, policy, episodes, seed, num_actions=None):
+        blocks.append(("evaluate", seed, episodes))
+        return evaluate(env_cfg, policy, episodes, seed=seed, num_actions=num_actions)
+
+    monkeypatch.setattr(Collector, "collect", spy_collect)
+    monkeypatch.setattr(loop, "evaluate", spy_evaluate)
+    loop.train(resolve("tiny", "Pong", ["schedule.eval_episodes=2"]), tmp_path / "run", device_name="cpu")
+    assert [b[0] for b in blocks] == ["collect", "evaluate"] * 2
+    seeds = {purpose: set() for purpose in ("collect", "evaluate")}
+    for purpose, first, envs in blocks:
+        seeds[purpose] |= set(range(first, first + envs))
+    assert len(seeds["evaluate"]) == 2 * 2  # two iterations' games, none repeated
+    assert not seeds["collect"] & seeds["evaluate"]
+
+
 @pytest.mark.parametrize("first_steps", [40, 50])
 def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks(tmp_path, first_steps):
     """Two collections from a persistent env of 2 games cut at 25 steps: the second chunk continues

@@ -112,9 +112,15 @@ def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
 
 def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False,
           threads: int | None = None) -> Path:
-    # ---- setup ---------------------------------------------------------------------------------
     device = pick_device(device_name)  # before anything is written
-    cfg, state, _lock = prepare_run(out, cfg, resume)
+    cfg, state, lock = prepare_run(out, cfg, resume)
+    with lock:  # released however the run ends
+        return _run(cfg, state, out, device, threads)
+
+
+def _run(cfg: Config, state: dict[str, Any] | None, out: Path, device: torch.device, threads: int | None) -> Path:
+    """The loop itself, top to bottom, on a prepared and locked run directory."""
+    # ---- setup ---------------------------------------------------------------------------------
     s = cfg.schedule
     done = state["iteration"] if state else 0
     if done >= s.iterations:
