@@ -198,6 +198,125 @@ def curves(
     typer.echo(plot_runs(runs, out, label or None))
 
 
+class Backend(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
+@app.command()
+def sweep(
+    games: Annotated[str, typer.Option(help="Comma-separated games, or a suite: atari100k (the 26 games), article (its six).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory: a run per DIR/GAME/seed_S, the manifest DIR/sweep.json.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2,3,4",
+    preset: PresetOption = Preset.cpu,
+    overrides: SetOption = [],  # noqa: B006
+    backend: Annotated[Backend, typer.Option(help="local: a process pool here; ray: Ray tasks; slurm: a SLURM job array (submitit; its local executor without SLURM).")] = Backend.local,
+    max_parallel: Annotated[int | None, typer.Option(min=1, max=4096, help="Runs at once.", show_default="K per GPU, else one per core")] = None,
+    runs_per_gpu: Annotated[int, typer.Option(min=1, max=64, help="Runs packed onto one GPU (local and ray).")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="torch threads of each run.", show_default="the cores divided between the parallel runs")] = None,
+    device: Annotated[Device, typer.Option(help="Each run's device.")] = Device.auto,
+    address: Annotated[str | None, typer.Option(help="ray: an existing cluster's address (default: a local Ray).")] = None,
+    timeout_min: Annotated[int, typer.Option(min=1, help="slurm: each job's time limit; a run past it is requeued and resumes.")] = 24 * 60,
+) -> None:
+    """Train a grid of games x seeds, one ordinary run each; re-run to resume. Then `dlswm report DIR`."""
+    require_torch("sweep")
+    import os
+
+    from dlswm.train import sweep as sweeps
+
+    grid = sweeps.Sweep.plan(out, sweeps.parse_games(games), sweeps.parse_seeds(seeds), preset.value, overrides)
+    module = {Backend.ray: "ray", Backend.slurm: "submitit"}.get(backend)
+    if module and importlib.util.find_spec(module) is None:
+        raise UserError(f"--backend {backend.value} needs {module}: pip install 'dlswm[sweep]'")
+    if backend == Backend.slurm and runs_per_gpu > 1:
+        raise UserError("--runs-per-gpu > 1 is for the local and ray backends: a SLURM job gets whole GPUs")
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = torch.cuda.device_count() if device != Device.cpu and backend == Backend.local else 0
+    todo_count = len(grid.specs(1, device.value))
+    parallel = max_parallel or (gpus * runs_per_gpu if gpus else cores)
+    threads = threads or max(1, cores // max(1, min(parallel, todo_count)))
+    todo = grid.specs(threads, device.value)
+    if not todo:
+        grid.save(backend.value)
+        console().print(_sweep_table(grid, sweeps))
+        typer.echo(f"{out}: all {len(grid.runs)} runs are finished; `dlswm report {out}` tabulates them")
+        return
+    if backend == Backend.local:
+        engine: Any = sweeps.LocalBackend(parallel, gpus, runs_per_gpu)
+    elif backend == Backend.ray:
+        engine = sweeps.RayBackend(address, threads, runs_per_gpu, parallel)
+    else:
+        engine = sweeps.SlurmBackend(out / ".submitit", threads, parallel, int(device == Device.cuda), timeout_min)
+    typer.echo(f"dlswm sweep: {len(todo)} of {len(grid.runs)} runs to do ({len(grid.runs) - len(todo)} finished), "
+               f"backend {backend.value}{' (' + engine.cluster + ')' if backend == Backend.slurm else ''}, "
+               f"up to {parallel} at once, {threads} torch thread(s) each, {gpus} GPU(s) x {runs_per_gpu} runs")
+    from rich.live import Live
+
+    with Live(_sweep_table(grid, sweeps), console=console(), refresh_per_second=1) as live:
+        states = sweeps.run_sweep(grid, todo, engine, parallel, show=lambda s: live.update(_sweep_table(s, sweeps)))
+    typer.echo("")
+    failed = [k for k, state in states.items() if state == "failed"]
+    for key in failed:
+        typer.echo(f"failed: {key}: {grid.runs[key].get('error', '')} (log: {out / 'logs'})", err=True)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(states)} runs failed (above); run the same sweep again to retry them", code=1)
+    typer.echo(f"{out}: all {len(states)} runs finished; `dlswm report {out}` tabulates them")
+
+
+def _sweep_table(grid: Any, sweeps: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"dlswm sweep {grid.out}: preset {grid.preset}")
+    for col in ("game", "seed", "state", "iteration", "last eval"):
+        table.add_column(col, justify="right" if col in ("seed", "iteration", "last eval") else "left")
+    for game, seed, state, iteration, score in sweeps.status_rows(grid):
+        table.add_row(game, str(seed), state, iteration, score)
+    return table
+
+
+@app.command()
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Sweep or run directories.")],
+    markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the table and aggregates as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the learning curves per game (PNG).")] = None,
+) -> None:
+    """The results table: per game mean and spread over seeds, human-normalized, aggregates with intervals."""
+    from dlswm.atomic import check_writable, write_result
+
+    for wanted, module in ((True, "rliable"), (plot, "matplotlib")):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UserError(f"`dlswm report` needs {module}: pip install 'dlswm[sweep]'", code=1)
+    for path, what in ((markdown, "--markdown"), (json_out, "--json"), (plot, "--plot")):
+        if path is not None:
+            check_writable(path, what)
+    from rich.table import Table
+
+    from dlswm.train import report as results
+
+    runs = results.find_runs(dirs)
+    summary = results.summarize(runs)
+    table = Table(title=f"dlswm report: {len(runs)} run(s), preset {', '.join(summary['presets'])}")
+    for col in results.COLUMNS:
+        table.add_column(col, justify="left" if col == "game" else "right")
+    for row in results.table_rows(summary):
+        table.add_row(*row)
+    console().print(table)
+    for line in results.aggregate_lines(summary):
+        typer.echo(line)
+    for run in summary["incomplete"]:
+        typer.echo(f"incomplete, not averaged: {run['run']} ({run['iterations']} iterations)")
+    if markdown is not None:
+        write_result(markdown, results.markdown(summary).encode(), "--markdown")
+    if json_out is not None:
+        write_result(json_out, json.dumps(summary, indent=2).encode(), "--json")
+    if plot is not None:
+        typer.echo(f"curves: {results.plot(runs, plot)}")
+
+
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Training run directory (or its checkpoint.pt).")],

@@ -60,10 +60,20 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
         ax.set_xlabel("real interactions")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    return save_png(fig, out)
+
+
+def save_png(fig, out: Path) -> Path:
+    """Write a matplotlib figure whole or not at all, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp, dpi=90)
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out
