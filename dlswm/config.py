@@ -9,6 +9,7 @@ Torch-free on purpose: the runtime reads configs out of ONNX metadata.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -141,9 +142,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, typing.Any]) -> Config:
-        """Inverse of `to_dict`; unknown keys are an error, missing keys keep their defaults; the result
-        is range-checked (`validate`)."""
-        return validate(_from_dict(cls, data, prefix=""))
+        """Inverse of `to_dict`; keys renamed since (`RENAMED_KEYS`) are mapped to their new names,
+        unknown keys are an error, missing keys keep their defaults; the result is range-checked
+        (`validate`). Every saved config (config.json, checkpoints, model cards) is read here."""
+        return validate(_from_dict(cls, rename_keys(data), prefix=""))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -151,6 +153,34 @@ class Config:
     def digest(self) -> str:
         """Short content hash: two runs with the same digest trained with the same settings."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+# Config keys renamed or moved since configs were first saved: old dotted key -> new dotted key. A
+# saved config (a run to resume or export, a model card to play) is read with the new names, so a
+# rename never strands a run. Add an entry with every rename; never reuse an old key.
+RENAMED_KEYS: dict[str, str] = {}
+
+
+def rename_keys(data: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """A copy of a saved config's dict with the keys of `RENAMED_KEYS` under their new names."""
+    data = copy.deepcopy(data)
+    for old, new in RENAMED_KEYS.items():
+        *old_sections, old_leaf = old.split(".")
+        path = [data]  # the dicts from the root down to the old key's section
+        for part in old_sections:
+            path.append(path[-1].get(part) if isinstance(path[-1], dict) else None)
+        if not isinstance(path[-1], dict) or old_leaf not in path[-1]:
+            continue
+        value = path[-1].pop(old_leaf)
+        for parent, part, node in reversed(list(zip(path, old_sections, path[1:]))):
+            if not node:  # a section the rename emptied (a moved key's old home) goes too
+                del parent[part]
+        *new_sections, new_leaf = new.split(".")
+        target = data
+        for part in new_sections:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, value)
+    return data
 
 
 def _from_dict(cls: type, data: dict[str, typing.Any], prefix: str) -> typing.Any:

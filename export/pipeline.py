@@ -32,7 +32,7 @@ from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.play import action_probs
 from dlswm.runtime.session import open_agent
 from dlswm.train.buffer import ReplayBuffer
-from dlswm.train.checkpoint import checkpoint_config, load_checkpoint, load_system
+from dlswm.train.checkpoint import RunState
 
 REPORT_NAME = "export-report.json"
 HELD_OUT = 1024  # real frames for the parity measures (at most), disjoint from calibration; +-1.5% at 256
@@ -42,6 +42,19 @@ def _run_dir(run: Path) -> Path:
     if not run.exists():
         raise UserError(f"{run} does not exist")
     return run if run.is_dir() else run.parent
+
+
+def _check_same_game(run_dir: Path, state: RunState) -> None:
+    """The checkpoint and the run directory it sits in (whose buffer calibrates the export) must be
+    one run: a checkpoint copied into another game's run would be calibrated on the wrong frames."""
+    path = run_dir / "config.json"
+    try:
+        game = json.loads(path.read_text())["env"]["game"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a checkpoint on its own: its buffer's check below still applies
+    if game != state.game.name:
+        raise UserError(f"{run_dir}: the checkpoint is a {state.game.name} agent but the run directory "
+                        f"(config.json, buffer) is {game}'s")
 
 
 def _writable_dir(out_dir: Path) -> Path:
@@ -54,11 +67,11 @@ def _writable_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration: int, seed: int
+def _frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, seed: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint calibration and held-out frame stacks from the run's replay buffer."""
     try:
-        buffer = ReplayBuffer.load(run_dir / "buffer", state["iteration"], frame_stack)
+        buffer = ReplayBuffer.load(run_dir / "buffer", state.iteration, frame_stack)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{run_dir / 'buffer'}: the run's replay buffer is missing or damaged ({e})") from None
     idx = np.random.default_rng(seed).permutation(buffer.sample_idx)
@@ -69,15 +82,15 @@ def _frames(run_dir: Path, state: dict[str, Any], frame_stack: int, calibration:
     return buffer.observations(np.sort(idx[:calibration])), buffer.observations(np.sort(idx[-held_out:]))
 
 
-def _card(state: dict[str, Any], summary: dict[str, Any], variant: Variant, calibration_frames: int) -> ModelCard:
-    cfg, game = checkpoint_config(state), state["game"]
+def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibration_frames: int) -> ModelCard:
+    cfg, game = state.config, state.game
     return ModelCard(
-        game=game["name"], action_ids=list(game["action_ids"]), action_meanings=list(game["action_meanings"]),
+        game=game.name, action_ids=list(game.action_ids), action_meanings=list(game.action_meanings),
         env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames),
         params=summary["inference_params"], macs=summary["inference_macs"],
-        provenance={"config_digest": cfg.digest(), "iteration": state["iteration"], "real_steps": state["real_steps"],
-                    "train_wall_s": state.get("wall_s"),
-                    "seed": cfg.seed, "eval": state.get("eval"), "preset": cfg.preset,
+        provenance={"config_digest": cfg.digest(), "iteration": state.iteration, "real_steps": state.real_steps,
+                    "train_wall_s": state.wall_s,
+                    "seed": cfg.seed, "eval": state.eval, "preset": cfg.preset,
                     "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "dlswm_version": dlswm.__version__},
         config=cfg.to_dict(),
@@ -107,17 +120,18 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
                force: bool, min_overlap: float | None, allow_low_agreement: bool,
                progress: Any = print) -> dict[str, Any]:
     run_dir = _run_dir(run)
-    state = load_checkpoint(run)
-    cfg = checkpoint_config(state)
+    state = RunState.load(run)
+    cfg = state.config
+    _check_same_game(run_dir, state)
     calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
     out_dir = _writable_dir(out_dir or run_dir / "export")  # created only once the inputs are known good
-    stem = state["game"]["name"].lower()
+    stem = state.game.name.lower()
     targets = {v.name: out_dir / f"{stem}.{v.name}.onnx" for v in variants}
     existing = [str(p) for p in [*targets.values(), out_dir / REPORT_NAME] if p.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to replace it")
 
-    system = load_system(state)
+    system = state.system()
     summary = summarize(system)
     agent = system.inference_agent().eval()
     with torch.no_grad():
@@ -150,7 +164,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
                 targets[row["variant"]].unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report = {"run": str(run_dir), "game": state["game"]["name"], "iteration": state["iteration"],
+    report = {"run": str(run_dir), "game": state.game.name, "iteration": state.iteration,
               "config_digest": cfg.digest(), "inference_params": summary["inference_params"],
               "training_params": summary["training_params"], "inference_macs": summary["inference_macs"],
               # fp32 graph initializers vs the torch count; export/params.py says why they differ

@@ -70,12 +70,12 @@ def check_same_agent(run: Path, card: ModelCard, source: str) -> None:
     """`--torch RUN` must hold the network the ONNX file was exported from (its game and the
     sections that shape the inference path), or the speed-up compares two different models."""
     from dlswm.config import Config
-    from dlswm.train.checkpoint import checkpoint_config, load_checkpoint
+    from dlswm.train.checkpoint import RunState
 
-    state = load_checkpoint(run)
-    ours, theirs = checkpoint_config(state).to_dict(), Config.from_dict(card.config).to_dict()
-    if state["game"]["name"] != card.game or any(ours[k] != theirs[k] for k in ("env", "vqvae", "policy")):
-        raise UserError(f"--torch {run}: a {state['game']['name']} run of preset {ours['preset']}, not the network "
+    state = RunState.load(run)
+    ours, theirs = state.config.to_dict(), Config.from_dict(card.config).to_dict()
+    if state.game.name != card.game or any(ours[k] != theirs[k] for k in ("env", "vqvae", "policy")):
+        raise UserError(f"--torch {run}: a {state.game.name} run of preset {ours['preset']}, not the network "
                         f"{source} was exported from ({card.game}, preset {theirs['preset']})")
 
 

@@ -26,10 +26,10 @@ def _onnx(model: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
 def _torch(run_dir: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
-    from dlswm.train.checkpoint import load_checkpoint, load_system
+    from dlswm.train.checkpoint import RunState
 
     torch.set_num_threads(threads)
-    agent = load_system(load_checkpoint(run_dir)).inference_agent().eval()
+    agent = RunState.load(run_dir).system().inference_agent().eval()
 
     def logits(frames: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

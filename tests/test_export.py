@@ -17,7 +17,7 @@ from dlswm.models.summary import summarize
 from dlswm.runtime.model_card import FORMAT_VERSION
 from dlswm.runtime.session import open_agent
 from dlswm.train.buffer import ReplayBuffer
-from dlswm.train.checkpoint import checkpoint_config, load_checkpoint, load_system
+from dlswm.train.checkpoint import RunState
 
 
 def dlswm(*args):
@@ -42,8 +42,8 @@ def assert_one_line_error(code, err, *words):
 
 
 def real_frames(run_dir, n):
-    state = load_checkpoint(run_dir)
-    buffer = ReplayBuffer.load(run_dir / "buffer", state["iteration"], 4)
+    state = RunState.load(run_dir)
+    buffer = ReplayBuffer.load(run_dir / "buffer", state.iteration, 4)
     return buffer.observations(np.linspace(0, len(buffer) - 1, n).astype(int))
 
 
@@ -65,7 +65,7 @@ def test_export_writes_both_variants_and_the_report(tiny_export, tiny_run_dir):
 def test_fp32_onnx_logits_equal_torch(tiny_export, tiny_run_dir, batch):
     paths, _ = tiny_export
     frames = real_frames(tiny_run_dir, batch)
-    agent = load_system(load_checkpoint(tiny_run_dir)).inference_agent()
+    agent = RunState.load(tiny_run_dir).system().inference_agent()
     with torch.no_grad():
         logits, value, codes = (t.numpy() for t in agent(torch.from_numpy(frames)))
     out_logits, out_value, out_codes = open_agent(paths["fp32"]).outputs(frames)
@@ -101,15 +101,15 @@ def test_int8_keeps_only_the_output_layers_in_fp32(tiny_export):
 
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
     paths, _ = tiny_export
-    state = load_checkpoint(tiny_run_dir)
-    cfg = checkpoint_config(state)
+    state = RunState.load(tiny_run_dir)
+    cfg = state.config
     for variant, path in paths.items():
         card = open_agent(path).card
         assert card.format_version == FORMAT_VERSION and card.variant == variant
-        assert card.game == "Pong" and card.action_ids == list(state["game"]["action_ids"])
+        assert card.game == "Pong" and card.action_ids == list(state.game.action_ids)
         assert card.env_config == cfg.env and Config.from_dict(card.config) == cfg
-        assert card.provenance["config_digest"] == cfg.digest() and card.provenance["iteration"] == state["iteration"]
-        assert card.params == summarize(load_system(state))["inference_params"]
+        assert card.provenance["config_digest"] == cfg.digest() and card.provenance["iteration"] == state.iteration
+        assert card.params == summarize(state.system())["inference_params"]
         assert bool(card.quantization) is (variant != "fp32")
     q = open_agent(paths["int8"]).card.quantization
     assert (q["activation_type"], q["weight_type"], q["per_channel"], q["format"]) == ("QUInt8", "QInt8", True, "QDQ")
@@ -120,7 +120,7 @@ def test_graph_holds_the_inference_weights_only(tiny_export, tiny_run_dir):
     """Initializers add up to the torch inference count as export/params.py explains; the decoder or
     the dynamics would add more than the whole encoder."""
     paths, report = tiny_export
-    system = load_system(load_checkpoint(tiny_run_dir))
+    system = RunState.load(tiny_run_dir).system()
     agent = system.inference_agent()
     summary = summarize(system)
     model = onnx.load(paths["fp32"])

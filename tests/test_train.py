@@ -16,7 +16,7 @@ from dlswm.models.dynamics import dynamics_loss
 from dlswm.models.vqvae import vqvae_loss
 from dlswm.runtime.atari import make_env
 from dlswm.train.buffer import ReplayBuffer, StreamRecorder
-from dlswm.train.checkpoint import load_checkpoint
+from dlswm.train.checkpoint import RunState
 from dlswm.train.ppo import gae
 
 THREE_ITERATIONS = ["--set", "schedule.iterations=3", "--set", "schedule.wm_epochs=2,1,1",
@@ -29,10 +29,10 @@ def dlswm(*args, **kwargs):
 
 
 def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
-    state = load_checkpoint(tiny_run_dir)
+    state = RunState.load(tiny_run_dir)
     cfg = resolve("tiny")
-    assert state["iteration"] == cfg.schedule.iterations
-    assert state["real_steps"] >= cfg.schedule.initial_steps + cfg.schedule.steps_per_iteration
+    assert state.iteration == cfg.schedule.iterations
+    assert state.real_steps >= cfg.schedule.initial_steps + cfg.schedule.steps_per_iteration
     lines = [json.loads(line) for line in (tiny_run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [1, 2]
     for m in lines:
@@ -40,7 +40,7 @@ def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
         assert m["throughput/wm_samples_per_s"] > 0 and m["throughput/imagined_steps_per_s"] > 0
         assert 0 <= m["dynamics/reward_acc"] <= 1 and m["vqvae/perplexity"] >= 1
     assert 0 < lines[0]["time/iteration_s"] == lines[0]["time/total_s"] < lines[1]["time/total_s"]
-    assert state["wall_s"] == lines[1]["time/total_s"]  # carried over by a resume
+    assert state.wall_s == lines[1]["time/total_s"]  # carried over by a resume
     assert_best_is_the_highest_eval(tiny_run_dir, lines)
     media = sorted(p.name for p in (tiny_run_dir / "media").iterdir())
     assert media == ["imagined_001.gif", "imagined_002.gif", "recon_001.png", "recon_002.png"]
@@ -73,14 +73,14 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # the worst case: no cleanup at all
     proc.wait()
-    saved = load_checkpoint(out)["iteration"]
+    saved = RunState.load(out).iteration
     assert saved >= 1
     chunk_1 = out / "buffer" / "chunk_001.npz"
     stamp = os.stat(chunk_1).st_mtime_ns
     resumed = dlswm("train", "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"iterations {saved + 1}..3" in resumed.stdout or saved == 3
-    assert load_checkpoint(out)["iteration"] == 3
+    assert RunState.load(out).iteration == 3
     assert os.stat(chunk_1).st_mtime_ns == stamp  # finished work is not redone
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [1, 2, 3]
@@ -91,9 +91,9 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
 def assert_best_is_the_highest_eval(run_dir, lines):
     """best.pt is the checkpoint of the first iteration with the highest eval score."""
     scores = [m["eval/mean_score"] for m in lines]
-    best = load_checkpoint(run_dir / "best.pt")
-    assert best["iteration"] == 1 + int(np.argmax(scores)) and best["eval"]["mean_score"] == max(scores)
-    assert load_checkpoint(run_dir)["best"] == {"iteration": best["iteration"], "mean_score": max(scores)}
+    best = RunState.load(run_dir / "best.pt")
+    assert best.iteration == 1 + int(np.argmax(scores)) and best.eval["mean_score"] == max(scores)
+    assert RunState.load(run_dir).best == {"iteration": best.iteration, "mean_score": max(scores)}
 
 
 def test_gae_matches_a_hand_worked_example():

@@ -15,14 +15,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-import dlswm
 from dlswm.config import Config, validate
 from dlswm.errors import UserError
 from dlswm.models import System
 from dlswm.runtime.atari import resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.atomic import atomic_write_bytes
-from dlswm.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
+from dlswm.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, RunState
 from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.curves import parse_metrics_line
 from dlswm.train.media import reconstruction_png, rollout_gif
@@ -39,7 +38,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, dict[str, Any] | None, Any]:
+def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, RunState | None, Any]:
     """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint. Either
     way the run directory is locked for this process (the third value: keep it until the run ends)."""
     if out.exists() and not out.is_dir():
@@ -53,8 +52,8 @@ def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, di
         except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
             raise UserError(f"--resume: {out / 'config.json'} is damaged ({type(e).__name__})") from None
         if (out / CHECKPOINT_NAME).exists():
-            state = load_checkpoint(out / CHECKPOINT_NAME)
-            return checkpoint_config(state), state, lock
+            state = RunState.load(out / CHECKPOINT_NAME)
+            return state.config, state, lock
         finished = sorted(p.name for p in (out / "buffer").glob("chunk_*.npz")) + \
             [name for name in (BEST_NAME, "metrics.jsonl") if (out / name).exists()]
         if finished:  # restarting would overwrite finished work
@@ -118,11 +117,11 @@ def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool
         return _run(cfg, state, out, device, threads)
 
 
-def _run(cfg: Config, state: dict[str, Any] | None, out: Path, device: torch.device, threads: int | None) -> Path:
+def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, threads: int | None) -> Path:
     """The loop itself, top to bottom, on a prepared and locked run directory."""
     # ---- setup ---------------------------------------------------------------------------------
     s = cfg.schedule
-    done = state["iteration"] if state else 0
+    done = state.iteration if state else 0
     if done >= s.iterations:
         print(f"{out}: the run is finished ({done}/{s.iterations} iterations); nothing to resume")
         return out
@@ -134,21 +133,16 @@ def _run(cfg: Config, state: dict[str, Any] | None, out: Path, device: torch.dev
     wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     buffer = ReplayBuffer(cfg.env.frame_stack)
     real_steps = 0
+    optimizers = {"world_model": wm.optimizer, "policy": pt.optimizer}
     if state:
-        system.load_state_dict(state["models"])
-        wm.optimizer.load_state_dict(state["optimizers"]["world_model"])
-        pt.optimizer.load_state_dict(state["optimizers"]["policy"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        state.restore(system, optimizers, rng, device)
         try:
             buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             # Only the type: numpy's own text for a foreign file suggests allow_pickle, never advisable.
             raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged "
                             f"({type(e).__name__}); the run cannot resume without it") from None
-        real_steps = state["real_steps"]
+        real_steps = state.real_steps
     collector = Collector(cfg.env, s.collect_envs, s.persistent_envs)
     if state and s.persistent_envs:
         recorded = [ReplayBuffer.env_actions(out / "buffer", i) for i in range(1, done + 1)]
@@ -165,10 +159,10 @@ def _run(cfg: Config, state: dict[str, Any] | None, out: Path, device: torch.dev
     print(json.dumps(cfg.to_dict()))
 
     saved = done  # the last iteration whose checkpoint is on disk
-    wall_s = state.get("wall_s", 0.0) if state else 0.0  # training time of the finished iterations
-    best = state.get("best") if state else None  # the iteration with the highest eval score so far
+    wall_s = state.wall_s if state else 0.0  # training time of the finished iterations
+    best = state.best if state else None  # the iteration with the highest eval score so far
     if best and best["iteration"] == done:  # a kill may have come between the two writes
-        save_checkpoint(state, out / BEST_NAME)
+        state.save(out / BEST_NAME)
     try:
         with phases(s.iterations, done) as (phase, finish_iteration):
             for it in range(done + 1, s.iterations + 1):
@@ -227,23 +221,11 @@ def _run(cfg: Config, state: dict[str, Any] | None, out: Path, device: torch.dev
                 is_best = best is None or metrics["eval/mean_score"] > best["mean_score"]
                 if is_best:
                     best = {"iteration": it, "mean_score": metrics["eval/mean_score"]}
-                checkpoint = {
-                    "config": cfg.to_dict(),
-                    "game": {"name": game.name, "rom_id": game.rom_id, "action_ids": list(game.action_ids),
-                             "action_meanings": list(game.action_meanings)},
-                    "iteration": it,
-                    "real_steps": real_steps,
-                    "wall_s": wall_s,
-                    "models": system.state_dict(),
-                    "optimizers": {"world_model": wm.optimizer.state_dict(), "policy": pt.optimizer.state_dict()},
-                    "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                    "eval": {"mean_score": metrics["eval/mean_score"], "episodes": len(scores)},
-                    "best": best,
-                    "dlswm_version": dlswm.__version__,
-                }
+                checkpoint = RunState.capture(
+                    cfg, game, it, real_steps, wall_s, system, optimizers, rng, device,
+                    evaluation={"mean_score": metrics["eval/mean_score"], "episodes": len(scores)}, best=best)
                 # best.pt: early stopping on the real eval score (`dlswm export RUN/best.pt`)
-                save_checkpoint(checkpoint, out / CHECKPOINT_NAME, *([out / BEST_NAME] if is_best else []))
+                checkpoint.save(out / CHECKPOINT_NAME, *([out / BEST_NAME] if is_best else []))
                 saved = it
                 finish_iteration()
                 print(f"{tag}: eval score {metrics['eval/mean_score']:.1f}, real steps {real_steps}, "
