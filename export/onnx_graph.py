@@ -11,10 +11,9 @@ import torch
 
 from dlswm.atomic import atomic_write_bytes
 from dlswm.models import InferenceAgent
+from dlswm.runtime.contract import INPUT_NAME, OUTPUT_NAMES
 from dlswm.runtime.model_card import ModelCard
 
-INPUT_NAME = "frames"
-OUTPUT_NAMES = ["logits", "value", "codes"]
 
 
 def to_onnx(agent: InferenceAgent, frame_shape: tuple[int, int, int]) -> onnx.ModelProto:
@@ -32,7 +31,7 @@ def to_onnx(agent: InferenceAgent, frame_shape: tuple[int, int, int]) -> onnx.Mo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(agent, (example,), dynamo=True, external_data=False, verbose=False,
-                                        input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
     finally:
         onnx_logger.setLevel(level)

@@ -22,6 +22,7 @@ import torch
 
 import dlswm
 from dlswm.atomic import atomic_write_bytes
+from dlswm.config import Config
 from dlswm.errors import UserError
 from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
@@ -29,7 +30,7 @@ from dlswm.export.variants import Variant, quantize
 from dlswm.models.summary import summarize
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
-from dlswm.runtime.play import action_probs
+from dlswm.runtime.contract import action_probs, io_spec, output_shapes
 from dlswm.runtime.session import open_agent
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.checkpoint import RunState
@@ -84,7 +85,9 @@ def _frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, 
 
 def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibration_frames: int) -> ModelCard:
     cfg, game = state.config, state.game
+    inputs, outputs = io_spec(cfg)
     return ModelCard(
+        inputs=inputs, outputs=outputs,
         game=game.name, action_ids=list(game.action_ids), action_meanings=list(game.action_meanings),
         env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames),
         params=summary["inference_params"], macs=summary["inference_macs"],
@@ -105,7 +108,11 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
     same action under the best coupling. As the temperature goes to 0 it becomes greedy agreement,
     which at a finite temperature also counts flips between near-tied actions in full."""
     agent = open_agent(path, threads=1)
-    logits, _, codes = agent.outputs(held_out)
+    outputs = agent.outputs(held_out)
+    shapes = output_shapes(Config.from_dict(agent.card.config), agent.card.num_actions)
+    if [o.shape[1:] for o in outputs] != list(shapes.values()):  # the graph breaks the runtime's contract
+        raise RuntimeError(f"{path}: outputs {[o.shape for o in outputs]}, the contract says (batch, ...) {shapes}")
+    logits, _, codes = outputs
     one = held_out[:1]
     latency = percentiles(time_calls(lambda: agent.outputs(one), warmup=20, duration_s=1.0))
     overlap = np.minimum(action_probs(logits, temperature), action_probs(reference[0], temperature)).sum(1)

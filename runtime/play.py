@@ -22,6 +22,7 @@ from dlswm.runtime.atari import make_env
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
 from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
+from dlswm.runtime.contract import action_probs, choose  # noqa: F401 (action_probs: re-exported)
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import Agent
 
@@ -42,22 +43,6 @@ def check(agent: Agent, episodes: int, max_steps: int | None) -> None:
         raise UserError(f"--episodes must be at least 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-
-
-def action_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """The policy the agent samples from: softmax(logits / temperature) over the last axis;
-    temperature 0 is greedy (one-hot on the argmax), its limit."""
-    if temperature == 0:
-        return np.eye(logits.shape[-1])[logits.argmax(-1)]
-    z = logits / temperature
-    p = np.exp(z - z.max(-1, keepdims=True))
-    return p / p.sum(-1, keepdims=True)
-
-
-def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    if temperature == 0:
-        return int(logits.argmax())
-    return int(rng.choice(len(logits), p=action_probs(logits, temperature)))
 
 
 @dataclass

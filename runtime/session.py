@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dlswm.errors import UserError
+from dlswm.runtime.contract import INPUT_NAME
 from dlswm.runtime.model_card import ModelCard
 
 # Short device names -> onnxruntime execution providers; any other provider the installed
@@ -38,11 +39,11 @@ class Agent:
 
     def logits(self, frames: np.ndarray) -> np.ndarray:
         """frames uint8 (B, S, H, W) -> logits (B, A)."""
-        return self.session.run(["logits"], {"frames": frames})[0]
+        return self.session.run(["logits"], {INPUT_NAME: frames})[0]
 
     def outputs(self, frames: np.ndarray) -> list[np.ndarray]:
-        """logits (B, A), value (B,), codes (B, 6, 6)."""
-        return self.session.run(None, {"frames": frames})
+        """logits (B, A), value (B,), codes (B, n, n): `contract.OUTPUT_NAMES`, in that order."""
+        return self.session.run(None, {INPUT_NAME: frames})
 
 
 def open_agent(path: str | Path, device: str = "cpu", threads: int = 1) -> Agent:
