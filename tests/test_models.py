@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dlswm.config import resolve
@@ -123,3 +124,20 @@ def test_parameter_counts_at_paper_size_with_the_full_action_set():
     assert s["inference_params"] == sum(s["components"][c] for c in ("encoder", "codebook", "policy"))
     # Same order as the reference's stand-in of this agent (113.8M multiply-accumulates).
     assert 100e6 <= s["inference_macs"] <= 130e6
+
+
+def test_in_mode_sets_a_mode_for_a_block_and_restores_every_submodules_own_flag():
+    """Mutation caught: restoring with `module.train(old_top_level_flag)`, which would put a policy
+    left in train mode inside an eval-mode system back into eval mode (or the reverse)."""
+    from dlswm.models import in_mode
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
+    net.train()
+    net[1].eval()  # mixed, as the system is during PPO epochs (world model eval, policy train)
+    with in_mode(net, False):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [True, True, False, False]
+    with pytest.raises(ZeroDivisionError), in_mode(net, True):
+        assert all(m.training for m in net.modules())
+        1 / 0
+    assert [m.training for m in net.modules()] == [True, True, False, False]  # restored on an exception too

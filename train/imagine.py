@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dlswm.config import Config
-from dlswm.models import System
+from dlswm.models import System, in_mode
 from dlswm.models.dynamics import sample_categorical
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
@@ -91,8 +91,8 @@ class PolicyTrainer:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
         p = self.cfg.ppo
         context = start_context(buffer, self.cfg, p.num_envs, rng, self.device)
-        self.system.eval()  # BatchNorm statistics stay as the world model learnt them
-        roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp)
+        with in_mode(self.system, False):  # BatchNorm statistics stay as the world model learnt them
+            roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp)
         last_value = roll["last_value"] if p.bootstrap_horizon else torch.zeros_like(roll["last_value"])
         advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda)
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
@@ -102,20 +102,20 @@ class PolicyTrainer:
         if self.anchor is not None:
             with torch.no_grad():
                 b["anchor_logits"] = self.anchor(b_z)[0]  # (T * N, A)
-        self.system.policy.train()
         metrics: dict[str, list[float]] = defaultdict(list)
-        for _ in range(p.epochs):
-            order = torch.randperm(len(b_z), device=self.device)
-            for mb_idx in order.split(p.minibatch_size):
-                mb = {k: v[mb_idx] for k, v in b.items()}
-                logits, values = self.system.policy(b_z[mb_idx])
-                loss, mb_metrics = ppo_loss(logits, values, mb, p)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.system.policy.parameters(), p.max_grad_norm)
-                self.optimizer.step()
-                for k, v in mb_metrics.items():
-                    metrics[k].append(v)
+        with in_mode(self.system.policy, True):
+            for _ in range(p.epochs):
+                order = torch.randperm(len(b_z), device=self.device)
+                for mb_idx in order.split(p.minibatch_size):
+                    mb = {k: v[mb_idx] for k, v in b.items()}
+                    logits, values = self.system.policy(b_z[mb_idx])
+                    loss, mb_metrics = ppo_loss(logits, values, mb, p)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.system.policy.parameters(), p.max_grad_norm)
+                    self.optimizer.step()
+                    for k, v in mb_metrics.items():
+                        metrics[k].append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["imagined/return"] = roll["rewards"].sum(0).mean().item()
         summary["imagined/reward_rate"] = (roll["rewards"] != 0).float().mean().item()

@@ -17,7 +17,7 @@ import torch
 
 from dlswm.config import Config, validate
 from dlswm.errors import UserError
-from dlswm.models import System
+from dlswm.models import System, in_mode
 from dlswm.runtime.atari import resolve_game
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.atomic import atomic_write_bytes
@@ -267,5 +267,6 @@ def _pictures(system: System, buffer: ReplayBuffer, rng: np.random.Generator, me
     obs = buffer.observations(buffer.sample(rng, 8))
     reconstruction_png(system, obs, media / f"recon_{it:03d}.png")
     context = start_context(buffer, system.cfg, 1, rng, next(system.parameters()).device)
-    rollout = imagine(system.eval(), context, system.cfg.ppo.rollout_steps, decode=True)
+    with in_mode(system, False):
+        rollout = imagine(system, context, system.cfg.ppo.rollout_steps, decode=True)
     rollout_gif(rollout["frames"], media / f"imagined_{it:03d}.gif")

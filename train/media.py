@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlswm.models import System
+from dlswm.models import System, in_mode
 
 
 @torch.no_grad()
@@ -19,9 +19,9 @@ def reconstruction_png(system: System, obs: np.ndarray, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    system.eval()
     device = next(system.parameters()).device
-    out = system.vqvae(torch.from_numpy(obs).to(device))
+    with in_mode(system, False):
+        out = system.vqvae(torch.from_numpy(obs).to(device))
     recon = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"]).mean[:, -1].cpu().numpy()
     codes = out["indices"].cpu().numpy()
     n = len(obs)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dlswm.config import EnvConfig
-from dlswm.models import System
+from dlswm.models import System, in_mode
 from dlswm.runtime.atari import make_env
 from dlswm.train.buffer import StreamRecorder
 
@@ -23,8 +23,8 @@ def torch_policy(system: System, device: torch.device, temperature: float, seed:
 
     @torch.no_grad()
     def act(obs: np.ndarray) -> np.ndarray:
-        agent.eval()
-        logits, _, _ = agent(torch.from_numpy(obs).to(device))  # (N, A)
+        with in_mode(agent, False):
+            logits, _, _ = agent(torch.from_numpy(obs).to(device))  # (N, A)
         if temperature == 0:
             return logits.argmax(1).cpu().numpy()
         probs = torch.softmax(logits / temperature, 1)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dlswm.config import Config
-from dlswm.models import System
+from dlswm.models import System, in_mode
 from dlswm.models.dynamics import dynamics_loss
 from dlswm.models.vqvae import vqvae_loss
 from dlswm.train.buffer import ReplayBuffer
@@ -58,11 +58,8 @@ class WorldModelTrainer:
         # The encoder in eval mode: its BatchNorm then uses the running statistics, so the codes the
         # dynamics model learns from are the codes imagination and the exported agent see (in train
         # mode, batch statistics flipped 7.8% of the code cells of a cpu run's batches).
-        was_training = encoder.training
-        encoder.eval()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not d.stop_embedding_grad):
+        with in_mode(encoder, False), torch.set_grad_enabled(torch.is_grad_enabled() and not d.stop_embedding_grad):
             z_e = encoder(obs.flatten(0, 1)).float()  # (B * T, D, 6, 6)
-        encoder.train(was_training)
         codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
         z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
         return dynamics_loss(
@@ -81,14 +78,13 @@ class WorldModelTrainer:
         starts = fresh.sequence_starts(d.seq_len)
         if len(starts) == 0:
             return {}
-        self.system.eval()
         metrics: dict[str, list[float]] = defaultdict(list)
-        for _ in range(batches):
-            with self.speed.autocast():
-                _, m = self._dynamics_loss(fresh.sequences(rng.choice(starts, d.batch_size), d.seq_len))
-            for k, v in m.items():
-                metrics[k].append(v)
-        self.system.train()
+        with in_mode(self.system, False):
+            for _ in range(batches):
+                with self.speed.autocast():
+                    _, m = self._dynamics_loss(fresh.sequences(rng.choice(starts, d.batch_size), d.seq_len))
+                for k, v in m.items():
+                    metrics[k].append(v)
         return {k.replace("dynamics/", "new_data/"): v for k, v in _summary(metrics, "dynamics").items()}
 
     def warmup_batches(self, buffer: ReplayBuffer) -> int:
