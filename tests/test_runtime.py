@@ -1,7 +1,6 @@
 """The edge runtime on real parts: exported tiny agents, real Pong, real onnxruntime sessions."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

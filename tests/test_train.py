@@ -368,7 +368,7 @@ def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks
         sent.append(rng.integers(0, 6, len(obs)))
         return sent[-1]
 
-    chunks, boundaries = [], []
+    boundaries = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Collector, "_step", spy)
         for it, steps in enumerate([first_steps, 60], start=1):

@@ -29,7 +29,6 @@ from dlswm.train.curves import parse_metrics_line
 
 MANIFEST = "sweep.json"
 FORMAT = 1
-BACKENDS = ("local", "ray", "slurm")
 
 
 @dataclasses.dataclass(frozen=True)
