@@ -94,16 +94,22 @@ def lock_run(out: Path) -> Any:
 
 @contextmanager
 def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
-    """A progress display: the run (iterations, ETA) and the phase in progress."""
+    """A progress display: the run (iterations, ETA) and the phase in progress. Where stdout is not
+    a terminal (a log file, a sweep's run), a bar cannot redraw: each phase prints a line as it starts."""
+    import sys
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn()) as progress:
         run = progress.add_task("run", total=total_iterations, completed=done_iterations)
         phase = progress.add_task("", total=1)
+        logged = not sys.stdout.isatty()
 
         def start(description: str, total: int) -> Any:
             progress.reset(phase, total=max(total, 1), description=description)
+            if logged:
+                print(f"{time.strftime('%H:%M:%S')} {description}: {total:,}", flush=True)
             return lambda n: progress.advance(phase, n)
 
         yield start, (lambda: progress.advance(run, 1))
