@@ -284,7 +284,9 @@ def test_bench_torch_refuses_a_run_of_another_game_or_preset(tiny_run_dir):
 def test_ctrl_c_in_play_ends_with_one_error_line():
     """Before, typer turned the interrupt into a bare exit code 130: the user saw a blank line."""
     code = NO_TORCH + "import sys; from dlswm.cli import main; sys.argv = ['dlswm', 'play', '--episodes', '30']; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child, whatever pytest inherited (a shell's background job ignores it).
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
