@@ -28,11 +28,19 @@ def parse_metrics_line(line: str) -> dict | None:
         return None
 
 
-def read_metrics(run: Path) -> list[dict]:
+def metrics_lines(run: Path) -> list[dict]:
+    """A run's finished iterations from its metrics.jsonl; [] before the first (or with no file)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
+        return []
+    return [m for line in path.read_text().splitlines() if (m := parse_metrics_line(line)) is not None]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    if not (run / "metrics.jsonl").is_file():
         raise UserError(f"{run} is not a dlswm run (no metrics.jsonl)")
-    lines = [m for line in path.read_text().splitlines() if (m := parse_metrics_line(line)) is not None]
+    lines = metrics_lines(run)
+    path = run / "metrics.jsonl"
     if not lines:
         raise UserError(f"{path} has no finished iteration yet")
     return lines

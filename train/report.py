@@ -21,7 +21,7 @@ import numpy as np
 
 from dlswm.errors import UserError
 from dlswm.runtime.reference_scores import PUBLISHED, RANDOM_HUMAN, human_normalized
-from dlswm.train.curves import parse_metrics_line, save_png
+from dlswm.train.curves import metrics_lines, save_png
 
 BOOTSTRAP_REPS = 2000
 
@@ -71,10 +71,7 @@ def _read_run(run: Path) -> RunResult:
         game, seed, preset, iterations = cfg["env"]["game"], int(cfg["seed"]), cfg["preset"], int(cfg["schedule"]["iterations"])
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{run / 'config.json'} is damaged") from None
-    evals = []
-    if (run / "metrics.jsonl").is_file():
-        lines = [m for line in (run / "metrics.jsonl").read_text().splitlines() if (m := parse_metrics_line(line))]
-        evals = [(int(m["real_steps"]), float(m["eval/mean_score"])) for m in lines if "eval/mean_score" in m]
+    evals = [(int(m["real_steps"]), float(m["eval/mean_score"])) for m in metrics_lines(run) if "eval/mean_score" in m]
     return RunResult(run, game, seed, preset, iterations, evals)
 
 

@@ -25,7 +25,7 @@ from dlswm.config import Config, resolve
 from dlswm.errors import UserError
 from dlswm.runtime.atari import resolve_game
 from dlswm.runtime.reference_scores import SUITES
-from dlswm.train.curves import parse_metrics_line
+from dlswm.train.curves import metrics_lines
 
 MANIFEST = "sweep.json"
 FORMAT = 1
@@ -196,10 +196,7 @@ def _first_difference(a: Config, b: Config) -> str:
 
 def progress_of(run_dir: Path) -> tuple[int, float | None]:
     """(finished iterations, last eval score) from a run's metrics.jsonl; (0, None) before the first."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0, None
-    lines = [m for line in path.read_text().splitlines() if (m := parse_metrics_line(line)) is not None]
+    lines = metrics_lines(run_dir)
     return (lines[-1]["iteration"], lines[-1].get("eval/mean_score")) if lines else (0, None)
 
 
