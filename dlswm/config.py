@@ -131,6 +131,9 @@ class Config:
     # (CUDA from Ampere on; CPUs with AVX512-BF16 or AMX); fp32 elsewhere, whatever this says.
     amp: bool = True
     fused_adam: bool = True  # Adam's update as one fused kernel: the same maths, fewer passes over memory
+    # torch.compile of the dynamics step and the policy (the same maths as one fused graph each):
+    # auto = on CUDA, where eager runs one small kernel per op; on / off anywhere.
+    compile: str = "auto"
 
     @property
     def latent_size(self) -> int:
@@ -342,8 +345,13 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
 def _check_consistency(cfg: Config) -> None:
     e, v, d, s = cfg.env, cfg.vqvae, cfg.dynamics, cfg.schedule
+    if cfg.compile not in COMPILE_CHOICES:
+        raise UserError(f"config compile={cfg.compile} is not one of {', '.join(COMPILE_CHOICES)}")
     if not v.channels:
         raise UserError("config vqvae.channels is empty: give one width per encoder layer, e.g. 32,64,128,256")
     if not e.grayscale:

@@ -60,7 +60,12 @@ class Dynamics(nn.Module):
              reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One transition: embeddings z (B, D, 6, 6) and actions (B,) -> next-code logits (B, K, 6, 6),
         reward-sign logits (B, 3), new state. Where `reset` (B,) is true, z starts a new episode:
-        the state is zeroed first, so nothing leaks across episode boundaries."""
+        the state is zeroed first, so nothing leaks across episode boundaries. It goes through
+        `__call__`, so `Module.compile()` (config `compile`) compiles the whole step as one graph."""
+        return self(z, action, state, reset)
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor, state: State,
+                reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         B = z.shape[0]
         assert action.shape == (B,), action.shape
         if reset is not None:

@@ -281,6 +281,67 @@ def test_speed_turns_bf16_on_only_where_it_is_native_and_sets_the_threads(monkey
         torch.set_num_threads(before)
 
 
+def test_compile_is_chosen_per_device_and_named_at_start():
+    from dlswm.train.speed import Speed
+
+    cfg, before = resolve("tiny"), torch.get_num_threads()
+    try:
+        auto = Speed.choose(cfg, torch.device("cpu"), threads=1)
+        assert not auto.compile and "torch.compile off" in auto.describe()
+        cfg.compile = "on"
+        assert Speed.choose(cfg, torch.device("cpu"), threads=1).compile
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UserError, match="compile=fast is not one of auto, on, off"):
+        resolve("tiny", overrides=["compile=fast"])
+
+
+def test_compiled_dynamics_and_policy_give_the_eager_outputs():
+    """`compile`: the same maths as one graph each, through inductor's CPU code (the GPU path's
+    stand-in): every dynamics output with and without episode resets, the policy in both modes and
+    its gradients agree with eager; checkpoints keep their keys; the PPO anchor holds its own copy
+    of the weights."""
+    import copy
+
+    from dlswm.train.imagine import PolicyTrainer
+    from dlswm.train.speed import Speed
+
+    cfg = resolve("tiny")
+    torch.manual_seed(0)
+    eager = System(cfg, 6).eval()
+    compiled = copy.deepcopy(eager)
+    Speed(torch.device("cpu"), amp=False, fused_adam=True, threads=1, compile=True).prepare(compiled)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    B, n = 5, cfg.latent_size
+    z = torch.randn(B, cfg.vqvae.embedding_dim, n, n)
+    action = torch.randint(0, 6, (B,))
+    state = [(torch.randn(B, cfg.dynamics.hidden_channels, n, n), torch.randn(B, cfg.dynamics.hidden_channels, n, n))
+             for _ in range(cfg.dynamics.layers)]
+    with torch.no_grad():
+        for reset in (None, torch.tensor([True, False, False, True, False])):
+            want, got = eager.dynamics.step(z, action, state, reset), compiled.dynamics.step(z, action, state, reset)
+            torch.testing.assert_close(got[:2], want[:2], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got[2], want[2], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(compiled.policy(z), eager.policy(z), atol=1e-5, rtol=1e-4)
+    for system in (eager, compiled):
+        system.policy.train()
+        logits, value = system.policy(z)
+        (logits.logsumexp(1) + value).sum().backward()
+    for (name, p), q in zip(eager.policy.named_parameters(), compiled.policy.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    from torch._dynamo.utils import counters
+    assert counters["stats"]["unique_graphs"] >= 3  # the compiled side ran compiled graphs
+    # PPO's anchor: a frozen copy of the compiled policy's weights, not of its parameters
+    cfg.ppo.anchor_kl_coef = 0.3
+    trainer = PolicyTrainer(compiled, cfg, Speed(torch.device("cpu"), False, True, 1, compile=True))
+    trainer.set_anchor()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.anchor(z), compiled.policy.eval()(z))
+        for p in compiled.policy.parameters():
+            p.zero_()
+        assert trainer.anchor(z)[0].abs().max() > 0
+
+
 def test_a_resumed_run_matches_an_uninterrupted_one(tiny_run_dir, tmp_path, monkeypatch):
     """Interrupted as iteration 2 starts collecting, then resumed: iteration 2's metrics equal those
     of the uninterrupted run to the last digit. Catches any state a checkpoint forgets (numpy or torch

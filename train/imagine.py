@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 
 import numpy as np
@@ -85,7 +84,12 @@ class PolicyTrainer:
     def set_anchor(self) -> None:
         """Freeze a copy of the policy as it is now (the iteration's start) for `ppo.anchor_kl_coef`."""
         if self.cfg.ppo.anchor_kl_coef > 0:
-            self.anchor = copy.deepcopy(self.system.policy).eval().requires_grad_(False)
+            # A new module with the weights, not a deep copy: that would inherit `compile`, and
+            # torch.compile would then keep a graph for every iteration's anchor.
+            policy = self.system.policy
+            self.anchor = type(policy)(self.cfg, self.system.num_actions).to(self.device)
+            self.anchor.load_state_dict(policy.state_dict())
+            self.anchor.eval().requires_grad_(False)
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""

@@ -136,6 +136,7 @@ def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, t
     rng = np.random.default_rng(cfg.seed)
     system = System(cfg, game.num_actions).to(device)
     speed = Speed.choose(cfg, device, threads)
+    speed.prepare(system)
     wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     buffer = ReplayBuffer(cfg.env.frame_stack)
     real_steps = 0

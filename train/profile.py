@@ -71,6 +71,7 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     rng = np.random.default_rng(cfg.seed)
     system = System(cfg, game.num_actions).to(device)
     speed = Speed.choose(cfg, device, threads)
+    speed.prepare(system)
     wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
     s, quiet = cfg.schedule, (lambda n: None)
     measured: dict[str, tuple[float, float]] = {}  # phase -> (units done, seconds)

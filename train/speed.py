@@ -1,4 +1,5 @@
-"""How a run uses its machine: precision, optimizer kernels, threads. None of it changes the algorithm.
+"""How a run uses its machine: precision, optimizer kernels, compiled graphs, threads. None of it
+changes the algorithm.
 
 `Speed.choose` makes each choice once per run from the config and the hardware; the training loop
 and `dlswm profile` print it at start (`Speed.describe`), and each is a config value to turn off.
@@ -33,6 +34,7 @@ class Speed:
     amp: bool  # bf16 autocast of the world model and of imagination (`Config.amp`, where native)
     fused_adam: bool  # Adam's update in one kernel over all tensors (`Config.fused_adam`)
     threads: int  # torch intra-op threads
+    compile: bool = False  # torch.compile of the dynamics step and the policy (`Config.compile`)
 
     @classmethod
     def choose(cls, cfg: Config, device: torch.device, threads: int | None = None) -> Speed:
@@ -41,7 +43,20 @@ class Speed:
         if threads is not None:
             torch.set_num_threads(threads)
         return cls(device, amp=cfg.amp and bf16_native(device), fused_adam=cfg.fused_adam,
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(),
+                   compile=cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"))
+
+    def prepare(self, system: torch.nn.Module) -> None:
+        """Compile, in place, the two modules the loop calls step by step (imagination's horizon, the
+        dynamics loss's sequence, PPO's minibatches). `Module.compile` leaves the parameters and
+        their state_dict names as they are, so checkpoints do not change."""
+        if self.compile:
+            # The dynamics step compiles ~12 variants over a run (with and without resets, gradients,
+            # autocast; its inputs' layouts), more than torch's default limit of 8 per function,
+            # past which it would fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            system.dynamics.compile()
+            system.policy.compile()
 
     def autocast(self) -> torch.autocast:
         return bf16_autocast(self.device, self.amp)
@@ -53,4 +68,4 @@ class Speed:
 
     def describe(self) -> str:
         return (f"device {self.device}, {self.threads} torch thread(s), bf16 autocast {'on' if self.amp else 'off'}, "
-                f"fused Adam {'on' if self.fused_adam else 'off'}")
+                f"fused Adam {'on' if self.fused_adam else 'off'}, torch.compile {'on' if self.compile else 'off'}")
