@@ -141,6 +141,29 @@ def test_buffer_rebuilds_exactly_the_stacks_the_env_showed(real_chunk, tmp_path)
     assert per_env - cfg.dynamics.seq_len + 1 not in starts  # no window crosses into the next stream
 
 
+def test_buffer_mirrored_on_a_device_gathers_the_same_batches(real_chunk):
+    """`buffer_on_device`: stacks gathered from the mirrored frames equal the host's, across the
+    zeroed frames before each stream's start and a chunk added after the mirror was made (CPU
+    stands in for CUDA)."""
+    cfg, chunk, _ = real_chunk
+    host, mirrored = ReplayBuffer(cfg.env.frame_stack), ReplayBuffer(cfg.env.frame_stack)
+    mirrored.keep_on(torch.device("cpu"))
+    for buffer in (host, mirrored):
+        buffer.add_chunk(chunk)
+    idx = np.arange(len(host))
+    torch.testing.assert_close(mirrored.observation_tensor(idx, torch.device("cpu")),
+                               torch.from_numpy(host.observations(idx)))
+    for buffer in (host, mirrored):
+        buffer.add_chunk(chunk)
+    starts = host.sequence_starts(cfg.dynamics.seq_len)[::7]
+    want = host.sequences(starts, cfg.dynamics.seq_len)
+    got = mirrored.sequence_tensors(starts, cfg.dynamics.seq_len, torch.device("cpu"))
+    assert mirrored._mirror[0].shape[0] == len(mirrored)  # the new chunk was copied when next read
+    assert sorted(got) == sorted(want) and len(starts) > 20 and starts.max() > len(chunk["frames"])
+    for key in want:
+        torch.testing.assert_close(got[key], torch.from_numpy(want[key]), msg=key)
+
+
 def overfit(loss_fn, params, steps=40, lr=3e-3):
     opt = torch.optim.Adam(params, lr=lr)
     losses = []

@@ -17,6 +17,10 @@ Each iteration's collection is written as one immutable chunk file (temp file + 
 resumed run reloads exactly the experience of its finished iterations. In memory the frames stay
 in their chunks (no stack ever spans two), so adding a chunk never copies the frames before it:
 the paper schedule's 102,400 steps hold ~0.95 GB at peak, not twice that.
+
+Training reads batches as tensors (`observation_tensor`, `sequence_tensors`). With `keep_on(device)`
+(config `buffer_on_device`; auto: on CUDA) the frames are mirrored in one tensor on that device, one
+copy per new chunk, and every batch is gathered there: only its indices cross from the host.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 FIELDS = ("frames", "actions", "rewards", "first", "done")
 ENV_ACTIONS = "env_actions"  # (steps, num_envs): every action sent to the env, to replay it on resume
@@ -42,6 +47,9 @@ class ReplayBuffer:
         self.done = np.zeros(0, bool)
         self._episode_start = np.zeros(0, np.int64)
         self.sample_idx = np.zeros(0, np.int64)  # entries that are observations (not context)
+        self._mirror_device: torch.device | None = None  # with `keep_on`
+        self._mirror: list[torch.Tensor] = []  # frames (N, H, W) on that device, as one tensor
+        self._mirrored_chunks = 0
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -63,12 +71,38 @@ class ReplayBuffer:
         """n entry indices drawn uniformly from the observations (context entries excluded)."""
         return self.sample_idx[rng.integers(0, len(self.sample_idx), n)]
 
+    def _stack_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame rows (n, S) of each stacked observation, and which of them lie inside its episode."""
+        frame_idx = idx[:, None] + np.arange(-self.frame_stack + 1, 1)  # (n, S)
+        return np.maximum(frame_idx, 0), frame_idx >= self._episode_start[idx][:, None]
+
     def observations(self, idx: np.ndarray) -> np.ndarray:
         """Stacked observations (len(idx), S, H, W) uint8 for entry indices idx."""
-        offsets = np.arange(-self.frame_stack + 1, 1)
-        frame_idx = idx[:, None] + offsets  # (n, S)
-        inside = frame_idx >= self._episode_start[idx][:, None]
-        return self._frames(np.maximum(frame_idx, 0)) * inside[:, :, None, None].astype(np.uint8)
+        rows, inside = self._stack_rows(idx)
+        return self._frames(rows) * inside[:, :, None, None].astype(np.uint8)
+
+    def keep_on(self, device: torch.device) -> None:
+        """Mirror the frames on `device` from now on: batches are then gathered there."""
+        self._mirror_device, self._mirror, self._mirrored_chunks = torch.device(device), [], 0
+
+    def observation_tensor(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        """`observations(idx)` as a uint8 tensor on `device`."""
+        if self._mirror_device != torch.device(device):
+            return torch.from_numpy(self.observations(idx)).to(device)
+        if self._mirrored_chunks < len(self.chunks):  # one copy per new chunk
+            new = [torch.from_numpy(c).to(device) for c in self.chunks[self._mirrored_chunks:]]
+            self._mirror, self._mirrored_chunks = [torch.cat(self._mirror + new)], len(self.chunks)
+        rows, inside = (torch.from_numpy(a).to(device) for a in self._stack_rows(idx))
+        return self._mirror[0][rows] * inside[:, :, None, None]  # (n, S, H, W) uint8
+
+    def sequence_tensors(self, starts: np.ndarray, length: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """`sequences(starts, length)` as tensors on `device`."""
+        idx = starts[:, None] + np.arange(length)  # (B, T)
+        obs = self.observation_tensor(idx.reshape(-1), device)
+        out = {"obs": obs.view(*idx.shape, *obs.shape[1:])}
+        for name in ("actions", "rewards", "first"):
+            out[name] = torch.from_numpy(getattr(self, name)[idx]).to(device)
+        return out
 
     def _frames(self, rows: np.ndarray) -> np.ndarray:
         """frames[rows] across chunks, any shape of rows."""

@@ -20,8 +20,8 @@ def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Gene
     """n real windows of `teacher_forcing_steps` observations: the dynamics model reads them as it
     does in training before the rollouts go on from the last one."""
     length = cfg.dynamics.teacher_forcing_steps
-    seq = buffer.sequences(rng.choice(buffer.sequence_starts(length), n), length)
-    return {k: torch.from_numpy(seq[k]).to(device) for k in ("obs", "actions", "first")}
+    seq = buffer.sequence_tensors(rng.choice(buffer.sequence_starts(length), n), length, device)
+    return {k: seq[k] for k in ("obs", "actions", "first")}
 
 
 @torch.no_grad()
@@ -48,7 +48,8 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     out = defaultdict(list)
     for _ in range(horizon):
         logits, value = policy(z)  # (N, A), (N,)
-        dist = torch.distributions.Categorical(logits=logits)
+        # No argument validation: its check of the logits is a host sync on CUDA, once per step.
+        dist = torch.distributions.Categorical(logits=logits, validate_args=False)
         action = dist.sample()
         out["z"].append(z)
         out["actions"].append(action)

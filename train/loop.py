@@ -138,13 +138,13 @@ def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, t
     speed = Speed.choose(cfg, device, threads)
     speed.prepare(system)
     wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
-    buffer = ReplayBuffer(cfg.env.frame_stack)
+    buffer = speed.prepare_buffer(ReplayBuffer(cfg.env.frame_stack))
     real_steps = 0
     optimizers = {"world_model": wm.optimizer, "policy": pt.optimizer}
     if state:
         state.restore(system, optimizers, rng, device)
         try:
-            buffer = ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack)
+            buffer = speed.prepare_buffer(ReplayBuffer.load(out / "buffer", done, cfg.env.frame_stack))
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             # Only the type: numpy's own text for a foreign file suggests allow_pickle, never advisable.
             raise UserError(f"{out / 'buffer'}: a chunk of a finished iteration is missing or damaged "

@@ -81,7 +81,7 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
     collector = Collector(cfg.env, s.collect_envs, persistent=True)
     try:
         n = s.collect_envs * max(64, 4 * cfg.dynamics.seq_len)
-        buffer = ReplayBuffer(cfg.env.frame_stack)
+        buffer = speed.prepare_buffer(ReplayBuffer(cfg.env.frame_stack))
         for phase, policy in (("collect (random)", random_policy(game.num_actions, rng)),
                               ("collect (agent)", torch_policy(system, device, cfg.policy.collect_temperature, cfg.seed))):
             chunk, _, stats = collector.collect(policy, n, cfg.seed, quiet)

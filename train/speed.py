@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 
 from dlswm.config import Config
+from dlswm.train.buffer import ReplayBuffer
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -35,6 +36,7 @@ class Speed:
     fused_adam: bool  # Adam's update in one kernel over all tensors (`Config.fused_adam`)
     threads: int  # torch intra-op threads
     compile: bool = False  # torch.compile of the dynamics step and the policy (`Config.compile`)
+    buffer_on_device: bool = False  # batches gathered from a mirror of the frames on the device
 
     @classmethod
     def choose(cls, cfg: Config, device: torch.device, threads: int | None = None) -> Speed:
@@ -44,7 +46,12 @@ class Speed:
             torch.set_num_threads(threads)
         return cls(device, amp=cfg.amp and bf16_native(device), fused_adam=cfg.fused_adam,
                    threads=torch.get_num_threads(),
-                   compile=cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"))
+                   compile=_switch(cfg.compile, device), buffer_on_device=_switch(cfg.buffer_on_device, device))
+
+    def prepare_buffer(self, buffer: ReplayBuffer) -> ReplayBuffer:
+        if self.buffer_on_device:
+            buffer.keep_on(self.device)
+        return buffer
 
     def prepare(self, system: torch.nn.Module) -> None:
         """Compile, in place, the two modules the loop calls step by step (imagination's horizon, the
@@ -68,4 +75,10 @@ class Speed:
 
     def describe(self) -> str:
         return (f"device {self.device}, {self.threads} torch thread(s), bf16 autocast {'on' if self.amp else 'off'}, "
-                f"fused Adam {'on' if self.fused_adam else 'off'}, torch.compile {'on' if self.compile else 'off'}")
+                f"fused Adam {'on' if self.fused_adam else 'off'}, torch.compile {'on' if self.compile else 'off'}, "
+                f"buffer on device {'on' if self.buffer_on_device else 'off'}")
+
+
+def _switch(value: str, device: torch.device) -> bool:
+    """A config auto / on / off choice: auto means on CUDA only."""
+    return value == "on" or (value == "auto" and device.type == "cuda")

@@ -35,7 +35,7 @@ class WorldModelTrainer:
         ])
 
     def _frames(self, buffer: ReplayBuffer, rng: np.random.Generator, n: int) -> torch.Tensor:
-        return torch.from_numpy(buffer.observations(buffer.sample(rng, n))).to(self.device)
+        return buffer.observation_tensor(buffer.sample(rng, n), self.device)
 
     def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
@@ -50,10 +50,12 @@ class WorldModelTrainer:
         loss.backward()
         self.optimizer.step()
 
-    def _dynamics_loss(self, seq: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The dynamics loss on real windows (`ReplayBuffer.sequences`), from their pixels."""
+    def _dynamics_loss(self, seq: dict[str, np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The dynamics loss on real windows (`ReplayBuffer.sequence_tensors` or `.sequences`), from
+        their pixels."""
         encoder, codebook, d = self.system.vqvae.encoder, self.system.vqvae.codebook, self.cfg.dynamics
-        obs = torch.from_numpy(seq["obs"]).to(self.device)  # (B, T, S, H, W)
+        seq = {k: torch.as_tensor(v, device=self.device) for k, v in seq.items()}
+        obs = seq["obs"]  # (B, T, S, H, W)
         B, T = obs.shape[:2]
         # The encoder in eval mode: its BatchNorm then uses the running statistics, so the codes the
         # dynamics model learns from are the codes imagination and the exported agent see (in train
@@ -64,8 +66,7 @@ class WorldModelTrainer:
         z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
         return dynamics_loss(
             self.system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
-            torch.from_numpy(seq["actions"]).to(self.device), torch.from_numpy(seq["rewards"]).to(self.device),
-            torch.from_numpy(seq["first"]).to(self.device), self.cfg)
+            seq["actions"], seq["rewards"], seq["first"], self.cfg)
 
     @torch.no_grad()
     def score(self, chunk: dict[str, np.ndarray], rng: np.random.Generator, batches: int = 32) -> dict[str, float]:
@@ -82,7 +83,8 @@ class WorldModelTrainer:
         with in_mode(self.system, False):
             for _ in range(batches):
                 with self.speed.autocast():
-                    _, m = self._dynamics_loss(fresh.sequences(rng.choice(starts, d.batch_size), d.seq_len))
+                    _, m = self._dynamics_loss(fresh.sequence_tensors(rng.choice(starts, d.batch_size), d.seq_len,
+                                                                   self.device))
                 for k, v in m.items():
                     metrics[k].append(v)
         return {k.replace("dynamics/", "new_data/"): v for k, v in _summary(metrics, "dynamics").items()}
@@ -124,7 +126,7 @@ class WorldModelTrainer:
         n_batches = self.batches(buffer, epochs) if n_batches is None else n_batches
         t0 = time.perf_counter()
         for i in range(n_batches):
-            seq = buffer.sequences(rng.choice(starts, d.batch_size), d.seq_len)
+            seq = buffer.sequence_tensors(rng.choice(starts, d.batch_size), d.seq_len, self.device)
             with self.speed.autocast():
                 loss, m = self._dynamics_loss(seq)
             if i % d.vqvae_every == 0:
