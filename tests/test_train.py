@@ -158,7 +158,7 @@ def test_buffer_mirrored_on_a_device_gathers_the_same_batches(real_chunk):
     starts = host.sequence_starts(cfg.dynamics.seq_len)[::7]
     want = host.sequences(starts, cfg.dynamics.seq_len)
     got = mirrored.sequence_tensors(starts, cfg.dynamics.seq_len, torch.device("cpu"))
-    assert mirrored._mirror[0].shape[0] == len(mirrored)  # the new chunk was copied when next read
+    assert mirrored._mirror.shape[0] == len(mirrored)  # the new chunk was copied when next read
     assert sorted(got) == sorted(want) and len(starts) > 20 and starts.max() > len(chunk["frames"])
     for key in want:
         torch.testing.assert_close(got[key], torch.from_numpy(want[key]), msg=key)

@@ -48,7 +48,7 @@ class ReplayBuffer:
         self._episode_start = np.zeros(0, np.int64)
         self.sample_idx = np.zeros(0, np.int64)  # entries that are observations (not context)
         self._mirror_device: torch.device | None = None  # with `keep_on`
-        self._mirror: list[torch.Tensor] = []  # frames (N, H, W) on that device, as one tensor
+        self._mirror: torch.Tensor | None = None  # frames (N, H, W) on that device
         self._mirrored_chunks = 0
 
     def __len__(self) -> int:
@@ -83,7 +83,7 @@ class ReplayBuffer:
 
     def keep_on(self, device: torch.device) -> None:
         """Mirror the frames on `device` from now on: batches are then gathered there."""
-        self._mirror_device, self._mirror, self._mirrored_chunks = torch.device(device), [], 0
+        self._mirror_device, self._mirror, self._mirrored_chunks = torch.device(device), None, 0
 
     def observation_tensor(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         """`observations(idx)` as a uint8 tensor on `device`."""
@@ -91,9 +91,10 @@ class ReplayBuffer:
             return torch.from_numpy(self.observations(idx)).to(device)
         if self._mirrored_chunks < len(self.chunks):  # one copy per new chunk
             new = [torch.from_numpy(c).to(device) for c in self.chunks[self._mirrored_chunks:]]
-            self._mirror, self._mirrored_chunks = [torch.cat(self._mirror + new)], len(self.chunks)
+            self._mirror = torch.cat(new if self._mirror is None else [self._mirror, *new])
+            self._mirrored_chunks = len(self.chunks)
         rows, inside = (torch.from_numpy(a).to(device) for a in self._stack_rows(idx))
-        return self._mirror[0][rows] * inside[:, :, None, None]  # (n, S, H, W) uint8
+        return self._mirror[rows] * inside[:, :, None, None]  # (n, S, H, W) uint8
 
     def sequence_tensors(self, starts: np.ndarray, length: int, device: torch.device) -> dict[str, torch.Tensor]:
         """`sequences(starts, length)` as tensors on `device`."""
