@@ -26,7 +26,16 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.actor.bias)
         nn.init.zeros_(self.critic.bias)
 
-    def forward(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_q (B, D, 6, 6) -> action logits (B, A), value (B,)."""
-        x = self.body(z_q)  # (B, hidden)
+    def forward(self, z_q: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_q (B, D, 6, 6) -> action logits (B, A), value (B,), both fp32. With `amp` (training on
+        hardware with native bf16) the body runs in bf16 autocast, where the arithmetic is; the two
+        heads stay fp32, whatever the caller's autocast, so log-probs and values keep fp32 precision."""
+        if not amp:
+            return self._heads(self.body(z_q))
+        with torch.autocast(z_q.device.type, dtype=torch.bfloat16):
+            x = self.body(z_q)  # (B, hidden), bf16
+        with torch.autocast(z_q.device.type, enabled=False):
+            return self._heads(x.float())
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(x), self.critic(x).squeeze(-1)

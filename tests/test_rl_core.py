@@ -441,10 +441,42 @@ def test_vqvae_loss_on_a_real_forward_is_recon_plus_quarter_commitment():
     loss, m = vqvae_loss(out, frames, cfg.vqvae)
     commitment = F.mse_loss(out["z_e"], out["z_q"]).item()
     assert commitment > 0.01 and m["vqvae/commitment"] == pytest.approx(commitment, rel=1e-5)
-    px = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"])
-    recon = -px.log_prob(frames.float() / 255).sum((1, 2, 3)).mean().item()
+    px = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"].double())  # fp64: accurate
+    recon = -px.log_prob(frames.double() / 255).sum((1, 2, 3)).mean().item()
     assert m["vqvae/recon_nll"] == pytest.approx(recon, rel=1e-5)
     assert loss.item() == pytest.approx(recon + 0.25 * commitment, rel=1e-6, abs=1e-4)
+
+
+def test_continuous_bernoulli_in_logits_matches_torch_and_hand_numbers():
+    """The logits form of the pixel likelihood and its mean against torch.distributions in float64
+    (in float32 its probabilities lose digits near l = 0 and past |l| = 8), gradients included, up to
+    the clamp of p to [eps, 1 - eps] that both share, and on hand
+    numbers: density 1 (log 0) and mean 1/2 at l = 0; at l = 2 the normalizer is 2 / tanh(1) and the
+    mean 1 / (1 - e^-2) - 1/2. Mutations caught: a sign in the normalizer (l / tanh(-l/2)), the
+    series used everywhere or nowhere (0 / 0 at l = 0), softplus(-l) for softplus(l)."""
+    from dlswm.models.vqvae import continuous_bernoulli_log_prob, continuous_bernoulli_mean
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.linspace(-15, 15, 601), torch.tensor([0.0, 1e-4, -3e-3, 5e-3])])
+    logits = logits.repeat(5).requires_grad_()
+    x = torch.rand(len(logits), generator=g)
+    ref64 = logits.detach().double().requires_grad_()
+    ref = torch.distributions.ContinuousBernoulli(logits=ref64)
+    ours, theirs = continuous_bernoulli_log_prob(logits, x), ref.log_prob(x.double())
+    torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), logits)[0],
+                               torch.autograd.grad(theirs.sum(), ref64)[0].float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(continuous_bernoulli_mean(logits), ref.mean.float(), atol=1e-5, rtol=1e-5)
+    zero, two = torch.zeros(3), torch.full((1,), 2.0)
+    torch.testing.assert_close(continuous_bernoulli_log_prob(zero, torch.tensor([0.0, 0.3, 1.0])), zero)
+    assert continuous_bernoulli_mean(zero).tolist() == [0.5] * 3
+    for v in (0.0, 0.25, 1.0):
+        expected = v * 2 - math.log1p(math.exp(2)) + math.log(2 / math.tanh(1))
+        assert continuous_bernoulli_log_prob(two, torch.tensor([v])).item() == pytest.approx(expected, rel=1e-6)
+    assert continuous_bernoulli_mean(two).item() == pytest.approx(1 / (1 - math.exp(-2)) - 0.5, rel=1e-6)
+    # Past the clamp (|l| = 15.94, p = 1 - eps) the normalizer stays where torch's stops, log 15.94.
+    big = torch.tensor([100.0])
+    assert continuous_bernoulli_log_prob(big, torch.tensor([0.5])).item() == pytest.approx(50 - 100 + math.log(15.942385))
 
 
 def test_codebook_ema_update_on_hand_numbers():

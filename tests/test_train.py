@@ -264,6 +264,47 @@ def test_bf16_autocast_keeps_losses_and_next_code_probabilities_close_to_fp32(fr
     assert tv.max() < 0.02, tv.max()
 
 
+def test_policy_under_amp_runs_its_body_in_bf16_and_its_heads_in_fp32():
+    """`ActorCritic(z, amp=True)`: the body in bf16, the heads in fp32 even inside a caller's bf16
+    region (imagination's rollout is one). Mutations caught: `amp` ignored (the fp32 result), the
+    heads left to the caller's autocast (bf16 logits)."""
+    from dlswm.models.policy import ActorCritic
+    from dlswm.train.speed import bf16_autocast
+
+    cfg, cpu = resolve("tiny"), torch.device("cpu")
+    torch.manual_seed(0)
+    policy = ActorCritic(cfg, 6).eval()
+    torch.nn.init.orthogonal_(policy.actor.weight, gain=1.0)  # logits of order 1, not 0.01
+    z = torch.randn(64, cfg.vqvae.embedding_dim, cfg.latent_size, cfg.latent_size)
+    with torch.no_grad():
+        fp32_logits, fp32_values = policy(z)
+        with bf16_autocast(cpu, True):
+            logits, values = policy(z, amp=True)
+            body = policy.body(z)
+        expected = policy.actor(body.float()), policy.critic(body.float()).squeeze(-1)
+    assert logits.dtype == values.dtype == torch.float32
+    assert torch.equal(logits, expected[0]) and torch.equal(values, expected[1])
+    assert not torch.equal(logits, fp32_logits)
+    torch.testing.assert_close(logits, fp32_logits, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(values, fp32_values, atol=0.05, rtol=0.05)
+
+
+def test_ppo_under_amp_starts_from_the_rollouts_own_log_probs(fresh):
+    """With bf16 on, PPO re-evaluates the policy in the precision the rollout sampled it in, so
+    before any step the ratio is 1 to float rounding. One epoch, one minibatch, lr 0: the approximate
+    KL is then that mismatch alone. Mutation caught: PPO evaluating the policy in fp32 against bf16
+    rollout log-probs (an approximate KL of ~5e-7 here)."""
+    from dlswm.train.imagine import PolicyTrainer
+    from dlswm.train.speed import Speed
+
+    cfg, system, buffer = fresh
+    torch.nn.init.orthogonal_(system.policy.actor.weight, gain=1.0)
+    cfg.ppo.epochs, cfg.ppo.minibatch_size, cfg.ppo.lr = 1, cfg.ppo.num_envs * cfg.ppo.rollout_steps, 0.0
+    speed = Speed(torch.device("cpu"), amp=True, fused_adam=True, threads=torch.get_num_threads())
+    metrics = PolicyTrainer(system, cfg, speed).update(buffer, np.random.default_rng(0))
+    assert 0 <= metrics["ppo/approx_kl"] < 1e-9, metrics["ppo/approx_kl"]
+
+
 def test_fused_adam_takes_the_same_steps_as_the_default_one():
     """`fused_adam` changes kernels, not maths: 5 steps of both on the same gradients agree to float
     rounding (a wrong lr, eps or betas in one of them would not)."""

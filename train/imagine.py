@@ -10,6 +10,7 @@ import torch
 from dlswm.config import Config
 from dlswm.models import System, in_mode
 from dlswm.models.dynamics import sample_categorical
+from dlswm.models.vqvae import continuous_bernoulli_mean
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
 from dlswm.train.speed import Speed, bf16_autocast
@@ -33,47 +34,48 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     C - 1 steps are teacher-forced, as in training, to build the recurrent state; the rollouts start
     from the last observation. Returns z (T, N, D, 6, 6),
     actions, log_probs, values, rewards (T, N), last_value (N,); with `decode`, also the decoder's
-    mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model (the bulk of the
-    work) in bf16; the policy stays fp32 so PPO's old and new log-probs compare like with like.
+    mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model and the policy's
+    body in bf16 (the policy's heads stay fp32); PPO then evaluates the policy the same way, so its
+    old and new log-probs compare like with like.
     """
     codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
     N, C = context["actions"].shape
     real = codebook.embed(codebook.lookup(system.vqvae.encoder(context["obs"].flatten(0, 1))))
     real = real.view(N, C, *real.shape[1:])  # (N, C, D, 6, 6)
     state = dynamics.initial_state(N, real[:, 0])
-    for t in range(C - 1):
-        with bf16_autocast(real.device, amp):
+    # One autocast region for the whole rollout: autocast then casts each weight to bf16 once,
+    # not once per step (its cache lives until the outermost region exits).
+    with bf16_autocast(real.device, amp):
+        for t in range(C - 1):
             _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
-    z, reset = real[:, -1], context["first"][:, -1]
-    out = defaultdict(list)
-    for _ in range(horizon):
-        logits, value = policy(z)  # (N, A), (N,)
-        # No argument validation: its check of the logits is a host sync on CUDA, once per step.
-        dist = torch.distributions.Categorical(logits=logits, validate_args=False)
-        action = dist.sample()
-        out["z"].append(z)
-        out["actions"].append(action)
-        out["log_probs"].append(dist.log_prob(action))
-        out["values"].append(value)
-        if decode:
-            out["frames"].append(_decode(system, z))
-        with bf16_autocast(z.device, amp):
+        z, reset = real[:, -1], context["first"][:, -1]
+        out = defaultdict(list)
+        for _ in range(horizon):
+            logits, value = policy(z, amp)  # (N, A), (N,): fp32 heads
+            # No argument validation: its check of the logits is a host sync on CUDA, once per step.
+            dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+            action = dist.sample()
+            out["z"].append(z)
+            out["actions"].append(action)
+            out["log_probs"].append(dist.log_prob(action))
+            out["values"].append(value)
+            if decode:
+                out["frames"].append(_decode(system, z))
             code_logits, reward_logits, state = dynamics.step(z, action, state, reset=reset)
-        reset = None
-        codes = sample_categorical(code_logits)  # (N, 6, 6)
-        reward_class = sample_categorical(reward_logits)  # (N,)
-        out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
-        z = codebook.embed(codes)
+            reset = None
+            codes = sample_categorical(code_logits)  # (N, 6, 6)
+            reward_class = sample_categorical(reward_logits)  # (N,)
+            out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
+            z = codebook.embed(codes)
     if decode:
         out["frames"].append(_decode(system, z))
     result = {k: torch.stack(v) for k, v in out.items()}
-    result["last_value"] = policy(z)[1]
+    result["last_value"] = policy(z, amp)[1]
     return result
 
 
 def _decode(system: System, z: torch.Tensor) -> torch.Tensor:
-    logits = system.vqvae.decoder(z)
-    return torch.distributions.ContinuousBernoulli(logits=logits).mean
+    return continuous_bernoulli_mean(system.vqvae.decoder(z).float())
 
 
 class PolicyTrainer:
@@ -106,14 +108,14 @@ class PolicyTrainer:
         b = {k: v.reshape(-1) for k, v in batch.items()}  # each (T * N,)
         if self.anchor is not None:
             with torch.no_grad():
-                b["anchor_logits"] = self.anchor(b_z)[0]  # (T * N, A)
+                b["anchor_logits"] = self.anchor(b_z, self.speed.amp)[0]  # (T * N, A)
         metrics: dict[str, list[float]] = defaultdict(list)
         with in_mode(self.system.policy, True):
             for _ in range(p.epochs):
                 order = torch.randperm(len(b_z), device=self.device)
                 for mb_idx in order.split(p.minibatch_size):
                     mb = {k: v[mb_idx] for k, v in b.items()}
-                    logits, values = self.system.policy(b_z[mb_idx])
+                    logits, values = self.system.policy(b_z[mb_idx], self.speed.amp)
                     loss, mb_metrics = ppo_loss(logits, values, mb, p)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from dlswm.models import System, in_mode
+from dlswm.models.vqvae import continuous_bernoulli_mean
 
 
 @torch.no_grad()
@@ -22,7 +23,7 @@ def reconstruction_png(system: System, obs: np.ndarray, path: Path) -> None:
     device = next(system.parameters()).device
     with in_mode(system, False):
         out = system.vqvae(torch.from_numpy(obs).to(device))
-    recon = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"]).mean[:, -1].cpu().numpy()
+    recon = continuous_bernoulli_mean(out["recon_logits"])[:, -1].cpu().numpy()
     codes = out["indices"].cpu().numpy()
     n = len(obs)
     fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5), squeeze=False)
