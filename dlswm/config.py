@@ -127,8 +127,9 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     preset: str = "paper"
     seed: int = 0
-    # bf16 autocast of world-model training and imagination, where the hardware runs bf16 natively
-    # (CUDA from Ampere on; CPUs with AVX512-BF16 or AMX); fp32 elsewhere, whatever this says.
+    # bf16 autocast of world-model training, imagination and the policy's body in PPO (its heads stay
+    # fp32), where the hardware runs bf16 natively (CUDA from Ampere on; CPUs with AVX512-BF16 or
+    # AMX); fp32 elsewhere, whatever this says.
     amp: bool = True
     fused_adam: bool = True  # Adam's update as one fused kernel: the same maths, fewer passes over memory
     # torch.compile of the dynamics step and the policy (the same maths as one fused graph each):
