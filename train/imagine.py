@@ -40,12 +40,13 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     """
     codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
     N, C = context["actions"].shape
-    real = codebook.embed(codebook.lookup(system.vqvae.encoder(context["obs"].flatten(0, 1))))
-    real = real.view(N, C, *real.shape[1:])  # (N, C, D, 6, 6)
-    state = dynamics.initial_state(N, real[:, 0])
     # One autocast region for the whole rollout: autocast then casts each weight to bf16 once,
-    # not once per step (its cache lives until the outermost region exits).
-    with bf16_autocast(real.device, amp):
+    # not once per step (its cache lives until the outermost region exits). The context is encoded
+    # in it too, as world-model training encodes its windows.
+    with bf16_autocast(context["obs"].device, amp):
+        z_e = system.vqvae.encoder(context["obs"].flatten(0, 1)).float()  # (N * C, D, 6, 6)
+        real = codebook.embed(codebook.lookup(z_e)).view(N, C, *z_e.shape[1:])  # (N, C, D, 6, 6)
+        state = dynamics.initial_state(N, real[:, 0])
         for t in range(C - 1):
             _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
         z, reset = real[:, -1], context["first"][:, -1]
