@@ -148,7 +148,7 @@ class VQVAE(nn.Module):
 
 # The continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) in its logits l: the same density as
 # torch.distributions.ContinuousBernoulli(logits=l), in fewer passes over the 36,864 pixels of a
-# stack (that class works in probabilities: ~20 elementwise ops per pixel, 2.5x the time).
+# stack (that class works in probabilities: about twice the elementwise ops per pixel).
 # With p = sigmoid(l): 1 - 2p = -tanh(l/2) and atanh(1 - 2p) = -l/2, so the normalizer
 # 2 atanh(1 - 2p) / (1 - 2p) is l / tanh(l/2) (-> 2 at l = 0) and the mean is 1 / (1 - e^-l) - 1 / l.
 _CB_EPS = torch.finfo(torch.float32).eps
