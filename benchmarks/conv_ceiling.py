@@ -17,6 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dlswm.config import resolve
+
 
 def _rate(flop: float, fn, seconds: float = 2.0) -> float:
     """GFLOP/s of fn, timed for about `seconds` after a warm-up."""
@@ -35,7 +37,9 @@ def main() -> None:
     ap.add_argument("--actions", type=int, default=6, help="the game's action count (Pong: 6)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    hidden, embed, kernel, grid = 128, 32, 5, 6  # the paper preset's dynamics model
+    cfg = resolve("paper")  # the shapes of the paper preset's dynamics model
+    hidden, embed, kernel, grid = (cfg.dynamics.hidden_channels, cfg.vqvae.embedding_dim, cfg.dynamics.kernel_size,
+                                   cfg.latent_size)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     for dtype in (torch.bfloat16, torch.float32):
         n = 4096

@@ -543,7 +543,8 @@ def test_dynamics_batches_encode_with_the_running_batchnorm_statistics():
     wm = WorldModelTrainer(system, cfg, FP32)
     norms = [m for m in system.vqvae.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in norms]
-    loss, _ = wm._dynamics_loss(buffer.sequences(buffer.sequence_starts(cfg.dynamics.seq_len)[:2], cfg.dynamics.seq_len))
+    starts = buffer.sequence_starts(cfg.dynamics.seq_len)[:2]
+    loss, _ = wm._dynamics_loss(buffer.sequence_tensors(starts, cfg.dynamics.seq_len, torch.device("cpu")))
     loss.backward()
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, norms)) and system.vqvae.encoder.training
     assert system.vqvae.encoder.proj[1].weight.grad is not None  # the article's gradient still reaches it

@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import signal
@@ -234,9 +235,10 @@ def _teacher_forced_dynamics(cfg, system, buffer, amp):
     from dlswm.train.speed import Speed, bf16_autocast
     from dlswm.train.world_model import WorldModelTrainer
 
+    cfg = copy.deepcopy(cfg)  # the module's shared config stays as it was
     cfg.dynamics.teacher_forcing_steps = cfg.dynamics.seq_len
     wm = WorldModelTrainer(system, cfg, Speed(torch.device("cpu"), amp, fused_adam=True, threads=1))
-    seq = buffer.sequences(np.arange(8) * 20, cfg.dynamics.seq_len)
+    seq = buffer.sequence_tensors(np.arange(8) * 20, cfg.dynamics.seq_len, torch.device("cpu"))
     torch.manual_seed(0)
     with torch.no_grad(), bf16_autocast(torch.device("cpu"), amp):
         _, m = wm._dynamics_loss(seq)
@@ -298,6 +300,7 @@ def test_ppo_under_amp_starts_from_the_rollouts_own_log_probs(fresh):
     from dlswm.train.speed import Speed
 
     cfg, system, buffer = fresh
+    cfg = copy.deepcopy(cfg)  # the module's shared config stays as it was
     torch.nn.init.orthogonal_(system.policy.actor.weight, gain=1.0)
     cfg.ppo.epochs, cfg.ppo.minibatch_size, cfg.ppo.lr = 1, cfg.ppo.num_envs * cfg.ppo.rollout_steps, 0.0
     speed = Speed(torch.device("cpu"), amp=True, fused_adam=True, threads=torch.get_num_threads())

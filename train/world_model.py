@@ -50,11 +50,9 @@ class WorldModelTrainer:
         loss.backward()
         self.optimizer.step()
 
-    def _dynamics_loss(self, seq: dict[str, np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The dynamics loss on real windows (`ReplayBuffer.sequence_tensors` or `.sequences`), from
-        their pixels."""
+    def _dynamics_loss(self, seq: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The dynamics loss on real windows (`ReplayBuffer.sequence_tensors`), from their pixels."""
         encoder, codebook, d = self.system.vqvae.encoder, self.system.vqvae.codebook, self.cfg.dynamics
-        seq = {k: torch.as_tensor(v, device=self.device) for k, v in seq.items()}
         obs = seq["obs"]  # (B, T, S, H, W)
         B, T = obs.shape[:2]
         # The encoder in eval mode: its BatchNorm then uses the running statistics, so the codes the
