@@ -567,6 +567,21 @@ def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):
             assert r["gflop_per_unit"] is None and r["gflops"] is None
 
 
+def test_profile_runs_the_cpu_presets_ppo_with_its_kl_anchor():
+    """`dlswm profile` with no arguments (the `cpu` preset) ended in `KeyError: 'anchor_logits'`: it
+    ran PPO updates without the anchor the loop sets at the start of each policy phase. The `cpu`
+    preset's whole PPO section (anchor included) on tiny networks, through the loop's policy phase."""
+    from dlswm.config import load_preset
+    from dlswm.train.profile import profile
+
+    cfg = resolve("tiny", "Pong")
+    cfg.ppo = load_preset("cpu").ppo
+    assert cfg.ppo.anchor_kl_coef > 0  # else this test no longer tests the anchor
+    result = profile(cfg, torch.device("cpu"), batches=1, eval_steps=10, threads=1)
+    policy = next(r for r in result["rows"] if r["phase"] == "policy (imagined)")
+    assert policy["measured_units"] == cfg.ppo.num_envs * cfg.ppo.rollout_steps and policy["gflops"] > 0
+
+
 def test_a_live_run_directory_is_refused_to_a_second_process(tmp_path):
     """Before the lock, a `--resume` beside a live run went ahead and both wrote every iteration."""
     from dlswm.train.loop import prepare_run

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import torch
@@ -95,6 +97,21 @@ class PolicyTrainer:
             self.anchor.load_state_dict(policy.state_dict())
             self.anchor.eval().requires_grad_(False)
 
+    def train(self, buffer: ReplayBuffer, updates: int, rng: np.random.Generator,
+              progress: Callable[[int], None]) -> dict[str, float]:
+        """The policy phase of an iteration: anchor to the policy as it is now, then `updates` PPO
+        updates; the means of their metrics and the imagined steps per second."""
+        self.set_anchor()
+        t0, per_update = time.perf_counter(), []
+        for _ in range(updates):
+            per_update.append(self.update(buffer, rng))
+            progress(1)
+        seconds = time.perf_counter() - t0
+        summary = {k: float(np.mean([m[k] for m in per_update])) for k in (per_update or [{}])[0]}
+        imagined = updates * self.cfg.ppo.num_envs * self.cfg.ppo.rollout_steps
+        summary["throughput/imagined_steps_per_s"] = imagined / max(seconds, 1e-9)
+        return summary
+
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
         p = self.cfg.ppo
@@ -107,7 +124,8 @@ class PolicyTrainer:
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],
                  "advantages": advantages, "returns": returns}
         b = {k: v.reshape(-1) for k, v in batch.items()}  # each (T * N,)
-        if self.anchor is not None:
+        if p.anchor_kl_coef > 0:
+            assert self.anchor is not None, "anchor_kl_coef > 0: call set_anchor() (or train()) first"
             with torch.no_grad():
                 b["anchor_logits"] = self.anchor(b_z, self.speed.amp)[0]  # (T * N, A)
         metrics: dict[str, list[float]] = defaultdict(list)

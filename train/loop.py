@@ -198,14 +198,7 @@ def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, t
 
                 # ---- 3. policy: PPO in imagination -------------------------------------------------
                 updates = s.ppo_updates[it - 1]
-                pt.set_anchor()
-                advance, t0, ppo_metrics = phase(f"{tag} policy (imagined)", updates), time.perf_counter(), []
-                for _ in range(updates):
-                    ppo_metrics.append(pt.update(buffer, rng))
-                    advance(1)
-                imagined = updates * cfg.ppo.num_envs * cfg.ppo.rollout_steps
-                metrics.update({k: float(np.mean([m[k] for m in ppo_metrics])) for k in (ppo_metrics or [{}])[0]})
-                metrics["throughput/imagined_steps_per_s"] = imagined / max(time.perf_counter() - t0, 1e-9)
+                metrics.update(pt.train(buffer, updates, rng, phase(f"{tag} policy (imagined)", updates)))
 
                 # ---- 4. evaluate on real games -------------------------------------------------
                 evaluated, eval_seed = phase(f"{tag} evaluate", 1), _env_seed(cfg.seed, it, "evaluate")

@@ -104,8 +104,8 @@ def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int
 
     progress("policy (imagined)")
     per_update = cfg.ppo.num_envs * cfg.ppo.rollout_steps
-    flops["policy (imagined)"] = _counted(lambda: pt.update(buffer, rng)) / per_update
-    seconds = _timed(lambda: [pt.update(buffer, rng) for _ in range(batches)], device)
+    flops["policy (imagined)"] = _counted(lambda: pt.train(buffer, 1, rng, quiet)) / per_update
+    seconds = _timed(lambda: pt.train(buffer, batches, rng, quiet), device)
     measured["policy (imagined)"] = (batches * per_update, seconds)
 
     progress("evaluate")
