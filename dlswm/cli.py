@@ -387,7 +387,8 @@ DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or any execution pro
 
 @app.command()
 def play(
-    model: Annotated[Path | None, typer.Argument(help="An agent exported by `dlswm export`.", show_default="the shipped agent")] = None,
+    model: Annotated[Path | None, typer.Argument(help="An agent exported by `dlswm export`.", show_default="the shipped agent of --game")] = None,
+    game: Annotated[str | None, typer.Option(help="Play the shipped agent of this game (`dlswm play --game Pong`).", show_default="CrazyClimber")] = None,
     device: DeviceOption = "cpu",
     episodes: Annotated[int, typer.Option(help="Full games to play.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the no-op starts and of action sampling.")] = 0,
@@ -414,7 +415,9 @@ def play(
         raise UserError(f"--record {record}: dlswm writes .gif (convert it with e.g. `ffmpeg -i x.gif x.mp4`)")
     if temperature is not None:
         check_temperature(temperature)
-    agent = open_agent(model or default_agent(), device, threads)
+    if model is not None and game is not None:
+        raise UserError("give a model or --game (its shipped agent), not both")
+    agent = open_agent(model or default_agent(game), device, threads)
     if temperature is None:
         temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
     check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line

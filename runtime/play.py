@@ -27,13 +27,38 @@ from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import Agent
 
 
-def default_agent() -> Path:
-    """The agent shipped in the package (runtime/agents/), if one is."""
-    shipped = sorted(p for p in importlib.resources.files("dlswm.runtime.agents").iterdir() if p.name.endswith(".onnx"))
+DEFAULT_GAME = "CrazyClimber"  # what `dlswm play` with neither a model nor --game plays
+
+
+def _agent_key(game: str) -> str:
+    """'CrazyClimber', 'crazy_climber' or 'crazy-climber' -> 'crazyclimber', a shipped file's stem."""
+    return "".join(ch for ch in game.lower() if ch.isalnum())
+
+
+def shipped_agents() -> dict[str, Path]:
+    """The agents shipped in the package (runtime/agents/`<game>.int8.onnx`), by game key."""
+    files = importlib.resources.files("dlswm.runtime.agents").iterdir()
+    return {p.name.split(".")[0]: Path(str(p)) for p in sorted(files, key=lambda p: p.name) if p.name.endswith(".onnx")}
+
+
+def default_agent(game: str | None = None) -> Path:
+    """The shipped agent of `game` (default: CrazyClimber)."""
+    shipped = shipped_agents()
     if not shipped:
         raise UserError("no trained agent is shipped with this dlswm yet: pass a model exported by "
                         "`dlswm export`, e.g. `dlswm play runs/pong/export/pong.int8.onnx`")
-    return Path(str(shipped[0]))
+    key = _agent_key(game or DEFAULT_GAME)
+    if key not in shipped:
+        if game is None:
+            return next(iter(shipped.values()))
+        raise UserError(f"no agent for '{game}' is shipped (shipped: {', '.join(shipped)}): pass a model "
+                        f"exported by `dlswm export`")
+    return shipped[key]
+
+
+def export_report_path(agent: Path) -> Path:
+    """The export report shipped beside an agent: `<game>.export-report.json`."""
+    return agent.with_name(f"{agent.name.split('.')[0]}.export-report.json")
 
 
 def check(agent: Agent, episodes: int, max_steps: int | None) -> None:

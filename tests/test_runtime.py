@@ -15,7 +15,7 @@ import pytest
 from dlswm.errors import UserError
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.model_card import METADATA_KEY
-from dlswm.runtime.play import action_probs, choose, default_agent, random_baseline
+from dlswm.runtime.play import action_probs, choose, default_agent, export_report_path, random_baseline, shipped_agents
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import open_agent
 
@@ -249,20 +249,39 @@ def test_bad_bench_options_give_one_line_errors_before_measuring(tiny_export, ar
     assert words in result.stderr and "Traceback" not in result.stderr and "measuring" not in result.stderr
 
 
-def test_play_with_no_model_argument_plays_the_shipped_agent(tmp_path):
-    """The package's default agent: an int8 export of a trained run that passed the parity gate,
-    with its export report."""
+def test_play_with_no_model_argument_plays_the_shipped_crazyclimber_agent(tmp_path):
+    """`dlswm play` alone plays the shipped CrazyClimber agent."""
     result = dlswm("play", "--max-steps", 100, "--json", tmp_path / "play.json")  # torch unimportable
     assert result.returncode == 0, result.stderr
-    path = default_agent()
+    report = json.loads((tmp_path / "play.json").read_text())
+    assert report["model"]["path"] == str(default_agent()) and report["steps"] == 100
+    assert open_agent(default_agent()).card.game == "CrazyClimber"
+
+
+@pytest.mark.parametrize("key", sorted(shipped_agents()))
+def test_every_shipped_agent_passed_the_gate_and_plays_its_game_by_name(key, tmp_path):
+    """Each shipped agent: an int8 export of a trained `cpu` run that passed the parity gate, with its
+    export report beside it, and `dlswm play --game G` plays it."""
+    path = shipped_agents()[key]
     card = open_agent(path).card
-    export = json.loads((path.parent / "export-report.json").read_text())
+    export = json.loads(export_report_path(path).read_text())
     row = next(r for r in export["variants"] if r["variant"] == card.variant)
     assert card.variant == "int8" and row["written"] and not row["below_threshold"]
     assert card.game == export["game"] and card.provenance["iteration"] == export["iteration"]
     assert card.provenance["preset"] == "cpu" and card.provenance["real_steps"] > 0
-    report = json.loads((tmp_path / "play.json").read_text())
-    assert report["model"]["path"] == str(path) and report["steps"] == 100
+    result = dlswm("play", "--game", card.game, "--max-steps", 20, "--json", tmp_path / "play.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "play.json").read_text())["model"]["path"] == str(path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--game", "Tennis"), "no agent for 'Tennis' is shipped (shipped: crazyclimber"),
+    (("MODEL", "--game", "CrazyClimber"), "not both"),
+])
+def test_play_game_refuses_an_unshipped_game_or_a_model_beside_it(args, words):
+    args = [default_agent() if a == "MODEL" else a for a in args]
+    result = dlswm("play", *args, "--max-steps", 10)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
 
 
 def test_no_shipped_agent_is_a_clear_error(tmp_path, monkeypatch):
