@@ -68,6 +68,10 @@ class DynamicsConfig:
     # The article lets dynamics errors reach the embedding; the released code stops that gradient.
     stop_embedding_grad: bool = False
     vqvae_every: int = 2  # one VQ-VAE batch every this many dynamics batches
+    # A head beside the reward's that predicts a life lost on each step (the article has none):
+    # imagination then ends the returns where it samples one, as PPO on Atari ends episodes at a
+    # life loss, so the policy learns what costs a life.
+    life_loss_head: bool = False
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Two layer-normalized ConvLSTM cells run on the 6x6 grid of quantized embeddings; the action, as a
 one-hot broadcast over the grid, joins the input of every layer and of both heads. The next latent
-is an independent categorical over K codes per cell; the reward is its sign, {-1, 0, +1}. There is
-no terminal head: imagined episodes are cut at a fixed horizon.
+is an independent categorical over K codes per cell; the reward is its sign, {-1, 0, +1}. With
+`life_loss_head` the reward head has one more output, the logit of a life lost on the step; else,
+as in the article, there is no terminal head and imagined episodes are cut at a fixed horizon only.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Dynamics(nn.Module):
         d, n = cfg.dynamics, cfg.latent_size
         self.num_actions = num_actions
         self.reward_trunk_grad = d.reward_trunk_grad
+        self.life_loss_head = d.life_loss_head
         self.hidden = d.hidden_channels
         widths = [cfg.vqvae.embedding_dim] + [d.hidden_channels] * (d.layers - 1)
         self.cells = nn.ModuleList(ConvLSTMCell(w + num_actions, d.hidden_channels, d.kernel_size) for w in widths)
@@ -49,7 +51,7 @@ class Dynamics(nn.Module):
         self.reward_head = nn.Sequential(
             nn.Conv2d(head_in, d.reward_channels, 1), nn.LayerNorm([d.reward_channels, n, n]), nn.LeakyReLU(),
             nn.Flatten(), nn.Linear(d.reward_channels * n * n, d.reward_hidden), nn.LeakyReLU(),
-            nn.Linear(d.reward_hidden, 3),
+            nn.Linear(d.reward_hidden, 3 + int(d.life_loss_head)),  # reward sign classes (+ life-loss logit)
         )
 
     def initial_state(self, batch: int, like: torch.Tensor) -> State:
@@ -59,7 +61,7 @@ class Dynamics(nn.Module):
     def step(self, z: torch.Tensor, action: torch.Tensor, state: State,
              reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One transition: embeddings z (B, D, 6, 6) and actions (B,) -> next-code logits (B, K, 6, 6),
-        reward-sign logits (B, 3), new state. Where `reset` (B,) is true, z starts a new episode:
+        reward-sign logits (B, 3) (with `life_loss_head`: (B, 4), `split_outcome` parts them), new state. Where `reset` (B,) is true, z starts a new episode:
         the state is zeroed first, so nothing leaks across episode boundaries. It goes through
         `__call__`, so `Module.compile()` (config `compile`) compiles the whole step as one graph."""
         return self(z, action, state, reset)
@@ -99,6 +101,16 @@ def sample_categorical(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.searchsorted(cdf[..., :-1].contiguous(), u, right=True).squeeze(-1)
 
 
+def split_outcome(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reward head's output (B, 3) or (B, 4) -> reward-sign logits (B, 3), life-loss logit (B,) or None."""
+    return logits[:, :3], (logits[:, 3] if logits.shape[1] == 4 else None)
+
+
+def _hit_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(hits, predicted, true) counts of a rare event: precision = hits / predicted, recall = hits / true."""
+    return torch.stack([(predicted & target).sum(), predicted.sum(), target.sum()])
+
+
 def reward_to_class(reward: torch.Tensor) -> torch.Tensor:
     """Reward sign {-1, 0, +1} -> class {0, 1, 2}."""
     return (torch.sign(reward) + 1).long()
@@ -106,8 +118,9 @@ def reward_to_class(reward: torch.Tensor) -> torch.Tensor:
 
 def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
                   codes: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, first: torch.Tensor,
-                  cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of the next codes and of the reward sign along real sequences.
+                  cfg: Config, life_lost: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the next codes and of the reward sign along real sequences; with the life-loss
+    head, + the binary cross-entropy of a life lost (B, T) on each step.
 
     z (B, T, D, 6, 6): quantized embeddings of the real observations (with gradient unless
     `stop_embedding_grad`: the article lets dynamics errors shape the embedding);
@@ -122,9 +135,17 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
         z = z.detach()
     state = dynamics.initial_state(B, z[:, 0])
     x = z[:, 0]
+    if dynamics.life_loss_head:
+        assert life_lost is not None and life_lost.shape == (B, T), "the life-loss head needs its targets"
     latent_losses, reward_losses, latent_acc, reward_acc, reward_hits = [], [], [], [], []
+    life_losses, life_hits = [], []
     for t in range(T - 1):
-        logits, reward_logits, state = dynamics.step(x, actions[:, t], state, reset=first[:, t])
+        logits, outcome, state = dynamics.step(x, actions[:, t], state, reset=first[:, t])
+        reward_logits, life_logit = split_outcome(outcome)
+        if life_logit is not None:  # like the reward: the step's life loss is real even when t ends an episode
+            target = life_lost[:, t]
+            life_losses.append(F.binary_cross_entropy_with_logits(life_logit.float(), target.float()))
+            life_hits.append(_hit_counts(life_logit > 0, target))
         valid = (~first[:, t + 1]).float()  # no target across an episode boundary
         ce = F.cross_entropy(logits, codes[:, t + 1], reduction="none").mean((1, 2))  # (B,)
         r_target = reward_to_class(rewards[:, t])
@@ -149,7 +170,15 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
     reward_loss = torch.stack(reward_losses).mean()
     loss = latent_loss + reward_loss
     hits, predicted_nonzero, true_nonzero = torch.stack(reward_hits).sum(0).tolist()
+    metrics = {}
+    if life_losses:
+        life_loss = torch.stack(life_losses).mean()
+        loss = loss + life_loss
+        life = torch.stack(life_hits).sum(0).tolist()
+        metrics = {"dynamics/life_ce": life_loss.item(), "dynamics/life_hits": life[0],
+                   "dynamics/life_predicted": life[1], "dynamics/life_true": life[2]}
     return loss, {
+        **metrics,
         "dynamics/reward_hits": hits,  # counts: precision = hits / predicted, recall = hits / true
         "dynamics/reward_predicted_nonzero": predicted_nonzero,
         "dynamics/reward_true_nonzero": true_nonzero,

@@ -182,6 +182,23 @@ def test_gae_returns_and_monte_carlo_limit():
     assert torch.allclose(adv0, rewards + 0.9 * next_values - values)
 
 
+def test_gae_ends_the_return_at_a_life_loss():
+    """Hand-worked, gamma 0.9, lambda 0.8, one rollout of 3 steps whose step 1 lost a life:
+    A2 = 2 + 0.9 * 1.0 - 0.3 = 2.6; A1 = 0 - 0.4 = -0.4 (nothing after the loss counts);
+    A0 = (1 + 0.9 * 0.4 - 0.5) + 0.9 * 0.8 * -0.4 = 0.572. Without ends: A1 = 1.472.
+    Mutations caught: the end masking only the value (not the advantage recursion: A0 = 1.0168 ...
+    A1 = 1.472), the end read at t + 1 instead of t, the mask inverted."""
+    rewards = torch.tensor([[1.0], [0.0], [2.0]], dtype=torch.float64)
+    values = torch.tensor([[0.5], [0.4], [0.3]], dtype=torch.float64)
+    last = torch.tensor([1.0], dtype=torch.float64)
+    ends = torch.tensor([[False], [True], [False]])
+    adv, ret = gae(rewards, values, last, 0.9, 0.8, ends=ends)
+    assert torch.allclose(adv[:, 0], torch.tensor([0.572, -0.4, 2.6], dtype=torch.float64))
+    assert torch.allclose(ret, adv + values)
+    no_ends, _ = gae(rewards, values, last, 0.9, 0.8, ends=torch.zeros_like(ends))
+    assert torch.allclose(no_ends, gae(rewards, values, last, 0.9, 0.8)[0])
+
+
 # ---- sampling temperature ------------------------------------------------------------------------------
 
 LOGITS = np.array([1.0, 0.0, -0.5, 0.5])
@@ -585,3 +602,70 @@ def test_evaluate_freezes_a_score_when_its_game_ends(monkeypatch):
     scores = result[0] if isinstance(result, tuple) else result  # (scores, action counts) or scores
     assert scores == [3.0, 4.0]
     assert env.t == 4 and env.closed
+
+
+# ---- life-loss head ----------------------------------------------------------------------------------
+
+def test_life_loss_head_loss_is_the_bce_of_each_steps_own_life_loss():
+    """With every input real (teacher forcing over the whole window), the loss's life term is the
+    mean over steps t < T-1 of BCE(life logit of step t, life_lost[:, t]), computed here step by step.
+    Mutations caught: the target read at t + 1 (the next step's loss), the head's logit taken from a
+    reward class (`split_outcome` slicing the wrong column), the term left out of the total loss."""
+    cfg, dyn, codebook = tiny_dynamics(life_loss_head="true", teacher_forcing_steps=6)
+    g = torch.Generator().manual_seed(1)
+    B, T, n = 3, cfg.dynamics.seq_len, cfg.latent_size
+    codes = torch.randint(0, cfg.vqvae.codebook_size, (B, T, n, n), generator=g)
+    z = codebook.embed(codes)
+    actions, rewards = torch.randint(0, 4, (B, T), generator=g), torch.zeros(B, T)
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    life_lost = torch.rand(B, T, generator=g) < 0.4
+    with torch.no_grad():
+        dyn.reward_head[-1].bias[3] = 1.5  # the life logit apart from the reward classes
+        loss, metrics = dynamics_loss(dyn, codebook.embed, z, codes, actions, rewards, first, cfg, life_lost=life_lost)
+        state, expected = dyn.initial_state(B, z[:, 0]), []
+        for t in range(T - 1):
+            _, outcome, state = dyn.step(z[:, t], actions[:, t], state, reset=first[:, t])
+            assert outcome.shape == (B, 4)
+            expected.append(F.binary_cross_entropy_with_logits(outcome[:, 3], life_lost[:, t].float()))
+    assert metrics["dynamics/life_ce"] == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(metrics["dynamics/latent_ce"] + metrics["dynamics/reward_ce"]
+                                        + metrics["dynamics/life_ce"], rel=1e-5)
+    assert metrics["dynamics/life_true"] == life_lost[:, :-1].sum().item()
+
+
+@pytest.mark.parametrize("life_logit, lost", [(30.0, True), (-30.0, False)])
+def test_imagined_life_losses_follow_the_head_and_end_the_returns(life_logit, lost, monkeypatch):
+    """The head forced to a certain loss (logit +30) or none (-30): every imagined step is (not) a
+    life lost, PPO's returns end there and its rate metric says so. Mutations caught: sampling
+    against sigmoid(-logit); PolicyTrainer not handing the sampled losses to `gae`."""
+    from dlswm.train import imagine as imagine_module
+
+    seen = {}
+
+    def spy(*args, ends=None):
+        seen["ends"] = ends
+        return gae(*args, ends=ends)
+
+    monkeypatch.setattr(imagine_module, "gae", spy)
+    system = System(resolve("tiny", "Pong", ["env.frame_size=32", "dynamics.life_loss_head=true"]), 4).eval()
+    last = system.dynamics.reward_head[-1]
+    with torch.no_grad():
+        last.bias[3] = life_logit
+        last.weight[3].zero_()
+    torch.manual_seed(0)
+    roll = imagine(system, context_for(system.cfg), horizon=5)
+    assert roll["life_lost"].shape == (5, 3) and (roll["life_lost"] == lost).all()
+    metrics = PolicyTrainer(system, system.cfg, FP32).update(synthetic_buffer(system.cfg), np.random.default_rng(0))
+    assert metrics["imagined/life_loss_rate"] == float(lost)
+    assert seen["ends"].shape == (system.cfg.ppo.rollout_steps, system.cfg.ppo.num_envs) and (seen["ends"] == lost).all()
+
+
+def test_a_chunk_written_before_life_losses_were_recorded_loads_with_none(tmp_path):
+    """Runs from before the field resume: their chunks load with `life_lost` all false."""
+    cfg = small_cfg()
+    buffer = synthetic_buffer(cfg)
+    old = {name: getattr(buffer, name) for name in ("actions", "rewards", "first", "done")}
+    np.savez(ReplayBuffer.chunk_path(tmp_path, 1), frames=buffer.chunks[0], **old)
+    loaded = ReplayBuffer.load(tmp_path, 1, cfg.env.frame_stack)
+    assert len(loaded) == len(buffer) and not loaded.life_lost.any() and loaded.life_lost.shape == loaded.done.shape

@@ -470,6 +470,29 @@ def test_collection_and_evaluation_never_share_an_env_seed(tmp_path, monkeypatch
     assert not seeds["collect"] & seeds["evaluate"]
 
 
+def test_collector_records_each_life_lost_on_the_step_that_lost_it():
+    """Real CrazyClimber games (5 lives) under a random policy: every episode that ends inside the
+    collection lost exactly 5 lives, the last on its final step (the entry before the terminal
+    observation). Mutations caught: the flag put on the new observation's entry, `lives` not tracked
+    from step to step."""
+    from dlswm.train.real_env import Collector, random_policy
+
+    cfg = resolve("tiny", "CrazyClimber")
+    collector = Collector(cfg.env, 2, persistent=False)
+    try:
+        chunk, _, stats = collector.collect(random_policy(9, np.random.default_rng(0)), 8_000, seed=3,
+                                            progress=lambda n: None)
+    finally:
+        collector.close()
+    # Streams stop mid-episode too; an episode that ended lost its last life on its final step.
+    ended = [(start, end) for start, end in zip(np.flatnonzero(chunk["first"]), np.flatnonzero(chunk["done"]))
+             if chunk["life_lost"][end - 1]]
+    assert len(ended) == stats["collect/episodes"] >= 2
+    for start, end in ended:
+        assert chunk["life_lost"][start:end + 1].sum() == 5 and not chunk["life_lost"][end]
+    assert stats["collect/life_loss_rate"] == pytest.approx(chunk["life_lost"].sum() / stats["collect/steps"])
+
+
 @pytest.mark.parametrize("first_steps", [40, 50])
 def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks(tmp_path, first_steps):
     """Two collections from a persistent env of 2 games cut at 25 steps: the second chunk continues

@@ -1,8 +1,9 @@
 """Replay buffer of real experience: every frame is stored once, stacks are rebuilt on demand.
 
 Entry i holds the newest frame of observation i, the action taken there, the reward received, and
-two flags: `first` (observation i starts an episode) and `done` (no successor is stored: the
-episode or the collection stream ended). Observation i is the frame stack frames[i-3..i], with the
+three flags: `first` (observation i starts an episode), `done` (no successor is stored: the
+episode or the collection stream ended) and `life_lost` (the step from i lost a life, the last
+one included; chunks written before it existed load with none). Observation i is the frame stack frames[i-3..i], with the
 frames before its episode's start zeroed: exactly what ale_py's AtariVectorEnv shows at a reset.
 100k frames at 96x96 is ~0.9 GB instead of ~3.7 GB for stored stacks.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FIELDS = ("frames", "actions", "rewards", "first", "done")
+FIELDS = ("frames", "actions", "rewards", "first", "done", "life_lost")
 ENV_ACTIONS = "env_actions"  # (steps, num_envs): every action sent to the env, to replay it on resume
 STEP_FIELDS = FIELDS[1:]  # small per-entry arrays, kept concatenated
 
@@ -45,6 +46,7 @@ class ReplayBuffer:
         self.rewards = np.zeros(0, np.float32)
         self.first = np.zeros(0, bool)
         self.done = np.zeros(0, bool)
+        self.life_lost = np.zeros(0, bool)
         self._episode_start = np.zeros(0, np.int64)
         self.sample_idx = np.zeros(0, np.int64)  # entries that are observations (not context)
         self._mirror_device: torch.device | None = None  # with `keep_on`
@@ -55,7 +57,9 @@ class ReplayBuffer:
         return len(self.actions)
 
     def add_chunk(self, chunk: dict[str, np.ndarray]) -> None:
-        assert set(chunk) == set(FIELDS), sorted(chunk)
+        """Append one collection's streams; a chunk without `life_lost` (written before it existed) has none."""
+        assert set(FIELDS) - {"life_lost"} <= set(chunk) <= set(FIELDS), sorted(chunk)
+        chunk = {"life_lost": np.zeros(len(chunk["actions"]), bool), **chunk}
         assert chunk["first"][0] and chunk["done"][-1], "a chunk holds whole streams"
         self.chunks.append(chunk["frames"])
         self._chunk_ends = np.append(self._chunk_ends, len(self) + len(chunk["frames"]))
@@ -101,7 +105,7 @@ class ReplayBuffer:
         idx = starts[:, None] + np.arange(length)  # (B, T)
         obs = self.observation_tensor(idx.reshape(-1), device)
         out = {"obs": obs.view(*idx.shape, *obs.shape[1:])}
-        for name in ("actions", "rewards", "first"):
+        for name in ("actions", "rewards", "first", "life_lost"):
             out[name] = torch.from_numpy(getattr(self, name)[idx]).to(device)
         return out
 
@@ -123,10 +127,11 @@ class ReplayBuffer:
         return np.flatnonzero(~blocked)
 
     def sequences(self, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
-        """Windows of `length` steps: obs (B, T, S, H, W), actions/rewards/first (B, T)."""
+        """Windows of `length` steps: obs (B, T, S, H, W), actions/rewards/first/life_lost (B, T)."""
         idx = starts[:, None] + np.arange(length)  # (B, T)
         obs = self.observations(idx.reshape(-1)).reshape(*idx.shape, self.frame_stack, *self.chunks[0].shape[1:])
-        return {"obs": obs, "actions": self.actions[idx], "rewards": self.rewards[idx], "first": self.first[idx]}
+        return {"obs": obs, "actions": self.actions[idx], "rewards": self.rewards[idx], "first": self.first[idx],
+                "life_lost": self.life_lost[idx]}
 
     # -- files: one chunk per collection, written once --------------------------------------------
 
@@ -150,7 +155,7 @@ class ReplayBuffer:
         buffer = cls(frame_stack)
         for it in range(1, iterations + 1):
             with np.load(cls.chunk_path(directory, it), allow_pickle=False) as data:
-                buffer.add_chunk({name: data[name] for name in FIELDS})
+                buffer.add_chunk({name: data[name] for name in FIELDS if name in data.files})
         return buffer
 
     @classmethod
@@ -180,6 +185,7 @@ class StreamRecorder:
         s["rewards"].append(0.0)
         s["first"].append(first)
         s["done"].append(False)
+        s["life_lost"].append(False)
 
     def start(self, obs: np.ndarray) -> None:
         """Streams of freshly reset envs: obs (N, S, H, W) are episodes' first observations."""
@@ -197,7 +203,8 @@ class StreamRecorder:
                 self.streams[e]["done"][-1] = True  # a context entry: no transition, never sampled
             self._append(e, obs[e, -1], first=len(obs[e]) == 1)
 
-    def step(self, actions: np.ndarray, obs: np.ndarray, rewards: np.ndarray, ended: np.ndarray) -> int:
+    def step(self, actions: np.ndarray, obs: np.ndarray, rewards: np.ndarray, ended: np.ndarray,
+             life_lost: np.ndarray | None = None) -> int:
         """Record one env step; returns how many real interactions it was (reset steps are not)."""
         interactions = 0
         for e, s in enumerate(self.streams):
@@ -207,6 +214,7 @@ class StreamRecorder:
                 continue
             s["actions"][-1] = int(actions[e])
             s["rewards"][-1] = float(rewards[e])
+            s["life_lost"][-1] = bool(life_lost is not None and life_lost[e])
             self._append(e, obs[e, -1], first=False)
             if ended[e]:
                 s["done"][-1] = True  # the final observation has no successor
@@ -223,4 +231,5 @@ class StreamRecorder:
             "rewards": np.array([r for s in self.streams for r in s["rewards"]], np.float32),
             "first": np.array([x for s in self.streams for x in s["first"]], bool),
             "done": np.array([x for s in self.streams for x in s["done"]], bool),
+            "life_lost": np.array([x for s in self.streams for x in s["life_lost"]], bool),
         }

@@ -11,7 +11,7 @@ import torch
 
 from dlswm.config import Config
 from dlswm.models import System, in_mode
-from dlswm.models.dynamics import sample_categorical
+from dlswm.models.dynamics import sample_categorical, split_outcome
 from dlswm.models.vqvae import continuous_bernoulli_mean
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
@@ -35,7 +35,9 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     context: real obs uint8 (N, C, S, 96, 96), actions and first (N, C) (`start_context`). The first
     C - 1 steps are teacher-forced, as in training, to build the recurrent state; the rollouts start
     from the last observation. Returns z (T, N, D, 6, 6),
-    actions, log_probs, values, rewards (T, N), last_value (N,); with `decode`, also the decoder's
+    actions, log_probs, values, rewards (T, N), last_value (N,); with the life-loss head, also
+    life_lost (T, N), sampled as the rewards are (the rollout goes on past one, as the game
+    does, and the returns end there); with `decode`, also the decoder's
     mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model and the policy's
     body in bf16 (the policy's heads stay fp32); PPO then evaluates the policy the same way, so its
     old and new log-probs compare like with like.
@@ -64,11 +66,14 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
             out["values"].append(value)
             if decode:
                 out["frames"].append(_decode(system, z))
-            code_logits, reward_logits, state = dynamics.step(z, action, state, reset=reset)
+            code_logits, outcome, state = dynamics.step(z, action, state, reset=reset)
             reset = None
+            reward_logits, life_logit = split_outcome(outcome)
             codes = sample_categorical(code_logits)  # (N, 6, 6)
             reward_class = sample_categorical(reward_logits)  # (N,)
             out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
+            if life_logit is not None:
+                out["life_lost"].append(torch.rand_like(life_logit, dtype=torch.float32) < torch.sigmoid(life_logit.float()))
             z = codebook.embed(codes)
     if decode:
         out["frames"].append(_decode(system, z))
@@ -119,7 +124,8 @@ class PolicyTrainer:
         with in_mode(self.system, False):  # BatchNorm statistics stay as the world model learnt them
             roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp)
         last_value = roll["last_value"] if p.bootstrap_horizon else torch.zeros_like(roll["last_value"])
-        advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda)
+        advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda,
+                                  ends=roll.get("life_lost"))
         b_z = roll["z"].flatten(0, 1)  # (T * N, D, 6, 6)
         batch = {"actions": roll["actions"], "log_probs": roll["log_probs"], "values": roll["values"],
                  "advantages": advantages, "returns": returns}
@@ -147,4 +153,6 @@ class PolicyTrainer:
         summary["imagined/reward_rate"] = (roll["rewards"] != 0).float().mean().item()
         # Comparable with collect/sign_return_per_step: a policy exploiting the model inflates this.
         summary["imagined/sign_return_per_step"] = roll["rewards"].mean().item()
+        if "life_lost" in roll:  # comparable with collect/life_loss_rate
+            summary["imagined/life_loss_rate"] = roll["life_lost"].float().mean().item()
         return summary

@@ -9,19 +9,22 @@ from dlswm.config import PPOConfig
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, last_value: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns of rollouts cut at a fixed horizon (imagination has no terminals).
+        lam: float, ends: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns of rollouts cut at a fixed horizon.
 
-    rewards, values (T, N); last_value (N,): the critic's estimate after the last step.
+    rewards, values (T, N); last_value (N,): the critic's estimate after the last step; ends (T, N),
+    optional: step t ended the episode (a life lost), so nothing after it counts toward t's return.
     """
     T, N = rewards.shape
     assert values.shape == (T, N) and last_value.shape == (N,), (values.shape, last_value.shape)
+    assert ends is None or ends.shape == (T, N), ends.shape
     advantages = torch.zeros_like(rewards)
     next_advantage = torch.zeros_like(last_value)
     next_value = last_value
     for t in reversed(range(T)):
-        delta = rewards[t] + gamma * next_value - values[t]
-        next_advantage = delta + gamma * lam * next_advantage
+        discount = gamma if ends is None else gamma * (~ends[t]).to(rewards.dtype)  # (N,)
+        delta = rewards[t] + discount * next_value - values[t]
+        next_advantage = delta + discount * lam * next_advantage
         advantages[t] = next_advantage
         next_value = values[t]
     return advantages, advantages + values

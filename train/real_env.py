@@ -53,18 +53,24 @@ class Collector:
         self.obs: np.ndarray | None = None  # (N, S, H, W), None until the first reset
         self.resetting = np.zeros(num_envs, bool)  # the env's next step is an autoreset
         self.episode_return = np.zeros(num_envs)
+        self.lives = np.zeros(num_envs, np.int64)  # as the env reported them on its last step
 
     def _reset(self, seed: int) -> None:
-        self.obs, _ = self.env.reset(seed=seed)
+        self.obs, info = self.env.reset(seed=seed)
         self.resetting[:] = False
         self.episode_return[:] = 0
+        self.lives = np.asarray(info["lives"], np.int64)
 
-    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Step the env; returns rewards and the episodes that ended, and keeps the running returns."""
-        self.obs, rewards, terminated, truncated, _ = self.env.step(actions)
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step the env; returns rewards, the episodes that ended and the steps that lost a life (the
+        last one included; an autoreset step refills the lives, which is no loss), and keeps the
+        running returns."""
+        self.obs, rewards, terminated, truncated, info = self.env.step(actions)
         ended = terminated | truncated
         self.episode_return += rewards
-        return rewards, ended
+        lives = np.asarray(info["lives"], np.int64)
+        life_lost, self.lives = lives < self.lives, lives
+        return rewards, ended, life_lost
 
     def collect(self, policy: Policy, steps: int, seed: int, progress: Callable[[int], None]
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
@@ -80,8 +86,8 @@ class Collector:
         while interactions < steps:
             actions = policy(self.obs)
             sent.append(actions)
-            rewards, ended = self._step(actions)
-            n = recorder.step(actions, self.obs, rewards, ended)
+            rewards, ended, life_lost = self._step(actions)
+            n = recorder.step(actions, self.obs, rewards, ended, life_lost)
             returns.extend(self.episode_return[ended].tolist())
             self.episode_return[ended] = 0
             interactions += n
@@ -94,6 +100,7 @@ class Collector:
         stats = {"collect/steps": interactions, "throughput/env_steps_per_s": interactions / max(seconds, 1e-9),
                  "collect/episodes": len(returns), "collect/continued": float(continuing),
                  "collect/reward_rate": float(np.count_nonzero(signs)) / max(interactions, 1),
+                 "collect/life_loss_rate": float(chunk["life_lost"].sum()) / max(interactions, 1),
                  "collect/sign_return_per_step": float(signs.sum()) / max(interactions, 1),
                  "collect/mean_running_return": float(np.mean(self.episode_return))}  # unfinished episodes
         if returns:
@@ -106,7 +113,7 @@ class Collector:
         self._reset(seed)
         for actions in env_actions:
             for row in actions:
-                _, ended = self._step(row)
+                _, ended, _ = self._step(row)
                 self.resetting = ~self.resetting & ended  # as StreamRecorder.step tracks it
                 self.episode_return[ended] = 0
 

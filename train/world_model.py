@@ -64,7 +64,7 @@ class WorldModelTrainer:
         z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
         return dynamics_loss(
             self.system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
-            seq["actions"], seq["rewards"], seq["first"], self.cfg)
+            seq["actions"], seq["rewards"], seq["first"], self.cfg, life_lost=seq["life_lost"])
 
     @torch.no_grad()
     def score(self, chunk: dict[str, np.ndarray], rng: np.random.Generator, batches: int = 32) -> dict[str, float]:
@@ -155,10 +155,15 @@ def dynamics_batches(cfg: Config, frames: int, epochs: int) -> int:
 
 
 def _summary(metrics: dict[str, list[float]], prefix: str) -> dict[str, float]:
-    """Means of per-batch metrics; reward hit counts become precision and recall over all batches."""
-    counts = {k: float(np.sum(metrics.pop(f"{prefix}/reward_{k}", [0])))
-              for k in ("hits", "predicted_nonzero", "true_nonzero")}
-    summary = {k: float(np.mean(v)) for k, v in metrics.items()}
-    summary[f"{prefix}/reward_precision"] = counts["hits"] / max(counts["predicted_nonzero"], 1)
-    summary[f"{prefix}/reward_recall"] = counts["hits"] / max(counts["true_nonzero"], 1)
-    return summary
+    """Means of per-batch metrics; hit counts of rewards (and life losses) become precision and
+    recall over all batches."""
+    counted = {"reward": ("reward_hits", "reward_predicted_nonzero", "reward_true_nonzero"),
+               "life": ("life_hits", "life_predicted", "life_true")}
+    ratios = {}
+    for event, keys in counted.items():
+        if f"{prefix}/{keys[0]}" not in metrics and event != "reward":
+            continue
+        hits, predicted, true = (float(np.sum(metrics.pop(f"{prefix}/{k}", [0]))) for k in keys)
+        ratios[f"{prefix}/{event}_precision"] = hits / max(predicted, 1)
+        ratios[f"{prefix}/{event}_recall"] = hits / max(true, 1)
+    return {**{k: float(np.mean(v)) for k, v in metrics.items()}, **ratios}
