@@ -9,6 +9,7 @@ as in the article, there is no terminal head and imagined episodes are cut at a 
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -53,6 +54,9 @@ class Dynamics(nn.Module):
             nn.Flatten(), nn.Linear(d.reward_channels * n * n, d.reward_hidden), nn.LeakyReLU(),
             nn.Linear(d.reward_hidden, 3 + int(d.life_loss_head)),  # reward sign classes (+ life-loss logit)
         )
+        if d.life_loss_head:  # start at a rare loss (1%), not at a coin flip every imagined step
+            with torch.no_grad():
+                self.reward_head[-1].bias[3] = math.log(0.01 / 0.99)
 
     def initial_state(self, batch: int, like: torch.Tensor) -> State:
         zeros = like.new_zeros(batch, self.hidden, *like.shape[-2:])
