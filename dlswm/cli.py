@@ -345,11 +345,11 @@ def export(
     table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
                         f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "
                         f"{report['inference_macs'] / 1e6:.1f}M MACs")
-    for column in ["variant", "MB", "fp32 lead", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
+    for column in ["variant", "MB", "fp32 layers", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
                    "written"]:
         table.add_column(column, justify="left" if column in ("variant", "written") else "right")
     for row in report["variants"]:
-        table.add_row(row["variant"], f"{row['size_mb']:.2f}", str(row["fp32_leading_layers"]) if "tries" in row else "-",
+        table.add_row(row["variant"], f"{row['size_mb']:.2f}", str(len(row["fp32_layers"])) if "tries" in row else "-",
                       f"{row['action_agreement']:.3f}",
                       f"{row['policy_overlap']:.3f}", f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")

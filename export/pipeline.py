@@ -26,7 +26,7 @@ from dlswm.config import Config
 from dlswm.errors import UserError
 from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
-from dlswm.export.variants import Variant, quantize
+from dlswm.export.variants import Quantizer, Variant
 from dlswm.models.summary import summarize
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
@@ -84,13 +84,13 @@ def _frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, 
 
 
 def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibration_frames: int,
-          fp32_leading_layers: int) -> ModelCard:
+          fp32_layers: list[str]) -> ModelCard:
     cfg, game = state.config, state.game
     inputs, outputs = io_spec(cfg)
     return ModelCard(
         inputs=inputs, outputs=outputs,
         game=game.name, action_ids=list(game.action_ids), action_meanings=list(game.action_meanings),
-        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames, fp32_leading_layers),
+        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames, fp32_layers),
         params=summary["inference_params"], macs=summary["inference_macs"],
         provenance={"config_digest": cfg.digest(), "iteration": state.iteration, "real_steps": state.real_steps,
                     "train_wall_s": state.wall_s,
@@ -101,8 +101,8 @@ def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibratio
     )
 
 
-def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
-    """Agreement with torch fp32 on held-out frames, and batch-1 latency on one thread.
+def _agreement(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
+    """Agreement with torch fp32 on held-out frames.
 
     `policy_overlap`, the gate, is for the agent as it plays, sampling at the eval temperature: sum
     over actions of min(p_torch, p_variant), i.e. 1 - total variation, the chance that both pick the
@@ -114,34 +114,56 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
     if [o.shape[1:] for o in outputs] != list(shapes.values()):  # the graph breaks the runtime's contract
         raise RuntimeError(f"{path}: outputs {[o.shape for o in outputs]}, the contract says (batch, ...) {shapes}")
     logits, _, codes = outputs
-    one = held_out[:1]
-    latency = percentiles(time_calls(lambda: agent.outputs(one), warmup=20, duration_s=1.0))
     overlap = np.minimum(action_probs(logits, temperature), action_probs(reference[0], temperature)).sum(1)
     return {"action_agreement": float((logits.argmax(1) == reference[0].argmax(1)).mean()),
             "policy_overlap": float(overlap.mean()), "policy_temperature": temperature,
             "code_agreement": float((codes == reference[2]).mean()),
-            "max_logit_diff": float(np.abs(logits - reference[0]).max()),
-            "size_mb": path.stat().st_size / 1e6, "latency_batch1_1thread": latency}
+            "max_logit_diff": float(np.abs(logits - reference[0]).max())}
+
+
+def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
+    """`_agreement`, the file's size and its batch-1 latency on one thread."""
+    agent = open_agent(path, threads=1)
+    latency = percentiles(time_calls(lambda: agent.outputs(held_out[:1]), warmup=20, duration_s=1.0))
+    return {**_agreement(path, reference, held_out, temperature), "size_mb": path.stat().st_size / 1e6,
+            "latency_batch1_1thread": latency}
 
 
 def _gated(variant: Variant, fp32: onnx.ModelProto, calibration: np.ndarray, threshold: float, state: RunState,
            summary: dict[str, Any], staged: Path, reference: list[np.ndarray], held_out: np.ndarray,
-           temperature: float, progress: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Make `variant` and measure it; a quantized one that misses the gate is made again with more
-    leading encoder layers in fp32 (variants.py says why). The last try is the one left at `staged`."""
-    tries = []
-    for leading in variant.attempts():
-        progress(f"{variant.name}: " + ("measuring" if not variant.quantized else
-                 f"calibrating and quantizing ({leading} leading layers fp32), then measuring"))
-        model = (quantize(fp32, variant, calibration, leading) if variant.quantized
-                 else onnx.ModelProto.FromString(fp32.SerializeToString()))
-        save_model(attach_card(model, _card(state, summary, variant, len(calibration), leading)), staged)
-        row = {**_parity(staged, reference, held_out, temperature), "fp32_leading_layers": leading}
-        tries.append({"fp32_leading_layers": leading, "policy_overlap": row["policy_overlap"],
-                      "p50_ms": row["latency_batch1_1thread"]["p50_ms"]})
-        if row["policy_overlap"] >= threshold:
-            break
-    return row, tries
+           temperature: float, progress: Any) -> dict[str, Any]:
+    """Make `variant` and measure it. A quantized one that misses the gate is made again with its
+    most sensitive layers in fp32, one more at a time, until a try passes (variants.py says how they
+    are ranked); the row then holds every try and the ranking. The last try is left at `staged`."""
+    def staged_as(model: onnx.ModelProto, fp32_layers: list[str]) -> Path:
+        save_model(attach_card(model, _card(state, summary, variant, len(calibration), fp32_layers)), staged)
+        return staged
+
+    def measured(model: onnx.ModelProto, fp32_layers: list[str]) -> dict[str, Any]:
+        row = {**_parity(staged_as(model, fp32_layers), reference, held_out, temperature), "fp32_layers": fp32_layers}
+        if variant.quantized:
+            tries.append({"fp32_layers": fp32_layers, "policy_overlap": row["policy_overlap"],
+                          "p50_ms": row["latency_batch1_1thread"]["p50_ms"]})
+        return row
+
+    tries: list[dict[str, Any]] = []
+    if not variant.quantized:
+        progress(f"{variant.name}: measuring")
+        return measured(onnx.ModelProto.FromString(fp32.SerializeToString()), [])
+    with Quantizer(fp32, variant, calibration) as quantizer:
+        progress(f"{variant.name}: calibrating and quantizing, then measuring")
+        row = measured(quantizer.make(), [])
+        ranked: list[tuple[str, float]] = []
+        if row["policy_overlap"] < threshold:
+            ranked = quantizer.sensitivity(
+                lambda model: _agreement(staged_as(model, []), reference, held_out, temperature)["policy_overlap"], progress)
+            for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
+                keep = [layer for layer, _ in ranked[:k]]
+                progress(f"{variant.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
+                row = measured(quantizer.make(keep), keep)
+                if row["policy_overlap"] >= threshold:
+                    break
+    return {**row, "tries": tries, "sensitivity": [{"layer": layer, "policy_overlap": overlap} for layer, overlap in ranked]}
 
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
@@ -171,16 +193,14 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     try:
         for variant in variants:
             threshold = variant.min_overlap if min_overlap is None else min_overlap
-            row, tries = _gated(variant, fp32, calibration, threshold, state, summary, staging / targets[variant.name].name,
-                                reference, held_out, cfg.policy.eval_temperature, progress)
+            row = _gated(variant, fp32, calibration, threshold, state, summary, staging / targets[variant.name].name,
+                         reference, held_out, cfg.policy.eval_temperature, progress)
             below = row["policy_overlap"] < threshold
             row = {"variant": variant.name, "path": str(targets[variant.name]), "description": variant.description,
                    **row, "threshold": threshold, "below_threshold": below, "written": not below or allow_low_agreement}
-            if variant.quantized:
-                row["tries"] = tries
             if below:
                 row["reason"] = f"policy overlap {row['policy_overlap']:.3f} < {threshold}" + (
-                    f" with up to {row['fp32_leading_layers']} leading layers in fp32" if variant.quantized else "") + ": " + (
+                    f" with up to {len(row['fp32_layers'])} layers in fp32" if variant.quantized else "") + ": " + (
                     "written anyway (--allow-low-agreement)" if row["written"]
                     else "not written (--allow-low-agreement writes it anyway)")
             rows.append(row)

@@ -1,34 +1,24 @@
 """The export formats, as data: each variant is one ONNX file made from the fp32 graph.
 
-Static QDQ quantization calibrated on real game frames: dynamic int8 turns Conv into
-ConvInteger, which has no fast kernel and ran slower than fp32 (reference). Activation type: the
-reference's Intel VNNI machine ran uint8 activations / int8 weights 2.6x faster than int8/int8; on
-this project's AMD EPYC (AVX512-VNNI, onnxruntime 1.32, paper size, batch 1, 1 thread) both ran
-0.73 ms against 2.6-3.1 ms for fp32. uint8/int8 was as fast or faster on both x86 machines, so `int8` uses it; ARM
-prefers int8/int8 (`int8-arm`, for Raspberry Pi and Jetson CPUs). Measure on the target.
+Quantized variants are static QDQ, calibrated on real game frames (dynamic int8 turns Conv into
+ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast path on x86 VNNI),
+`int8-arm` int8 ones (the usual advice for ARM): measure both on the target. The layer nearest each
+output stays fp32: the encoder's last 1x1 projection, whose output picks the codes, and the policy's
+logits and value heads (0.3% of the MACs). docs/int8.md has the measurements behind these choices.
 
-What stays fp32: the weighted layer nearest each output, i.e. the encoder's last 1x1 projection,
-whose output the codebook's argmin reads, and the policy's logits and value heads (0.3M and 5k MACs
-of 114M, no measurable latency, +0.02 MB). Policy overlap with torch on 1,024 held-out frames of two
-checkpoints of a CrazyClimber `cpu` run (eval temperature 1.0), iteration 2 / 3: all int8, min-max
-0.968 / -; projection fp32 0.970 / -; + percentile 99.999 0.974 / 0.962; + heads fp32 0.976 / 0.966;
-the same at percentile 99.99 0.975 / 0.971 (and 0.953 vs 0.949 on an older run's final agent at
-temperature 0.5). The whole policy in fp32 reached 0.979 on iteration 2 but doubled the file (3.5 ->
-7.3 MB) for its 2304x512 Gemm.
-
-When the gate still fails, the export quantizes again with the encoder's first Conv layers in fp32
-as well, one more at a time (`fp32_leading_retries`), and writes the first that passes: they run at
-the full 96x96 / 48x48 resolution where rounding moves the most pixels, and they hold few weights.
-The retry keeps the gate honest (each try is measured on the same held-out frames) but costs
-latency, so the report and the model card say how many leading layers stayed fp32.
+When a quantized variant misses the parity gate, the layers are ranked by their measured effect
+(`Quantizer.sensitivity`: the policy overlap with each one alone back in fp32) and the most
+sensitive are kept in fp32, one more at a time, until a try passes, as NNCF's accuracy-controlled
+quantization does: the fewest float layers that pass, not a fixed order.
 """
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -53,22 +43,18 @@ class Variant:
     calibration: str = "Percentile"  # onnxruntime CalibrationMethod name
     percentile: float = 99.99  # of each activation's absolute values, with Percentile calibration
     min_overlap: float = 0.97  # policy overlap with torch fp32 below which it is not written
-    fp32_leading_retries: tuple[int, ...] = (1, 2, 3)  # leading Conv layers kept fp32 on each retry
+    max_fp32_layers: int = 4  # most sensitivity-ranked layers kept fp32 when the plain try misses the gate
 
     @property
     def quantized(self) -> bool:
         return self.activation_type is not None
 
-    def attempts(self) -> tuple[int, ...]:
-        """Leading encoder layers kept fp32 on each try, in order; one try for float variants."""
-        return (0, *self.fp32_leading_retries) if self.quantized else (0,)
-
-    def settings(self, calibration_frames: int, fp32_leading_layers: int = 0) -> dict:
+    def settings(self, calibration_frames: int, fp32_layers: Sequence[str] = ()) -> dict:
         """What the model card records: enough to redo the quantization."""
         if not self.quantized:
             return {}
-        return {**asdict(self), "fp32_leading_layers": fp32_leading_layers, "format": "QDQ", "calibration": {"method": self.calibration, "frames": calibration_frames,
-                                                                   "source": "replay buffer"},
+        return {**asdict(self), "fp32_layers": list(fp32_layers), "format": "QDQ",
+                "calibration": {"method": self.calibration, "frames": calibration_frames, "source": "replay buffer"},
                 "codebook_matmul": "int8" if "MatMul" in self.op_types else "fp32", "pre_process": True}
 
 
@@ -125,29 +111,56 @@ def output_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in found]
 
 
-def leading_layers(model: onnx.ModelProto, count: int) -> list[str]:
-    """The first `count` Conv nodes in graph order: the encoder's input end."""
-    return [n.name for n in model.graph.node if n.op_type == "Conv"][:count]
+class Quantizer:
+    """Static QDQ quantization of one fp32 graph for one variant, calibrated once on `calibration`
+    frames (N, S, H, W): every `make` reuses the pre-processed graph and the activation ranges.
+    Use as a context manager (it owns a temporary folder)."""
 
-
-def quantize(fp32: onnx.ModelProto, variant: Variant, calibration: np.ndarray,
-             fp32_leading_layers: int = 0) -> onnx.ModelProto:
-    """Static QDQ quantization of `fp32`, calibrated on `calibration` frames (N, S, H, W), with the
-    output layers (if the variant says so) and the first `fp32_leading_layers` Conv layers in fp32."""
-    reader = FramesReader(calibration)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+    def __init__(self, fp32: onnx.ModelProto, variant: Variant, calibration: np.ndarray):
+        self.variant, self.calibration = variant, calibration
+        self._tmp = tempfile.TemporaryDirectory(prefix="dlswm-quant-")
+        tmp = Path(self._tmp.name)
+        src, self._pre, self._cache = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "calibration.json"
         onnx.save_model(fp32, str(src))
-        # Shape inference + graph optimisation, as onnxruntime advises: at paper size it changed
-        # neither latency nor agreement, but without it the quantizer warns on stderr.
-        quant_pre_process(str(src), str(pre))
-        graph = onnx.load_model(str(pre))
-        keep = list(dict.fromkeys((output_layers(graph) if variant.fp32_output_layers else [])
-                                  + leading_layers(graph, fp32_leading_layers)))
-        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(variant.op_types), per_channel=variant.per_channel,
-                        activation_type=QuantType[variant.activation_type], nodes_to_exclude=keep,
-                        weight_type=QuantType[variant.weight_type],
-                        calibrate_method=CalibrationMethod[variant.calibration],
-                        extra_options={"CalibPercentile": variant.percentile})
+        # Shape inference + graph optimisation, as onnxruntime advises (without it the quantizer warns).
+        quant_pre_process(str(src), str(self._pre))
+        model = onnx.load_model(str(self._pre))
+        self.always_fp32 = output_layers(model) if variant.fp32_output_layers else []
+        # The layers a `make` may keep in fp32, in graph order: the quantized Conv/Gemm nodes.
+        self.layers = [n.name for n in model.graph.node if n.op_type in variant.op_types and n.name not in self.always_fp32]
+
+    def __enter__(self) -> Quantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()
+
+    def make(self, fp32_layers: Sequence[str] = ()) -> onnx.ModelProto:
+        """The quantized graph with `fp32_layers` (names from `layers`) and the output layers in fp32."""
+        v = self.variant
+        unknown = set(fp32_layers) - set(self.layers)
+        assert not unknown, f"not quantizable layers: {sorted(unknown)}"
+        dst = Path(self._tmp.name) / "int8.onnx"
+        quantize_static(str(self._pre), str(dst), FramesReader(self.calibration), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(v.op_types), per_channel=v.per_channel,
+                        activation_type=QuantType[v.activation_type], weight_type=QuantType[v.weight_type],
+                        nodes_to_exclude=list(dict.fromkeys([*self.always_fp32, *fp32_layers])),
+                        calibrate_method=CalibrationMethod[v.calibration],
+                        extra_options={"CalibPercentile": v.percentile}, **self._cached_calibration())
         return onnx.load_model(str(dst))
+
+    def _cached_calibration(self) -> dict:
+        """A newer onnxruntime keeps the activation ranges of the first call in a file for the next
+        ones (the same graph, ops and method); an older one calibrates every time, to the same ranges."""
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            return {"calibration_cache_path": str(self._cache)}
+        return {}
+
+    def sensitivity(self, overlap: Callable[[onnx.ModelProto], float], progress: Callable[[str], None]
+                    ) -> list[tuple[str, float]]:
+        """Each layer's policy overlap with it alone in fp32, most sensitive (highest) first."""
+        scores = []
+        for i, layer in enumerate(self.layers, 1):
+            progress(f"{self.variant.name}: sensitivity of layer {i}/{len(self.layers)} ({layer})")
+            scores.append((layer, overlap(self.make([layer]))))
+        return sorted(scores, key=lambda item: -item[1])

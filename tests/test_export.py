@@ -97,30 +97,38 @@ def test_int8_keeps_only_the_output_layers_in_fp32(tiny_export):
     assert [n.name for n in layers if n.input[1] in float_weights] == kept
     card = open_agent(paths["int8"]).card.quantization
     assert card["fp32_output_layers"] and card["calibration"]["method"] == "Percentile"
-    assert card["fp32_leading_layers"] == 0  # it passed the gate on the first try
+    assert card["fp32_layers"] == []  # it passed the gate on the first try
 
 
-def test_int8_missing_the_gate_is_retried_with_leading_layers_in_fp32(tiny_export, tiny_run_dir, tmp_path):
-    """A gate no try can pass shows every retry: 0, 1, 2, 3 leading Conv layers in fp32, each
-    measured; the file left is the last try, whose card and weights say so."""
+def test_int8_missing_the_gate_keeps_its_most_sensitive_layers_in_fp32(tiny_export, tiny_run_dir, tmp_path):
+    """A gate no try can pass shows the whole search: every quantized layer's overlap alone in fp32,
+    ranked, then tries with the top 1, 2, ... `max_fp32_layers` of that ranking in fp32, each
+    measured; the file left is the last try, whose card and weights say which layers are fp32.
+    Mutations caught: the ranking reversed (least sensitive first), tries not growing by rank."""
     from dataclasses import replace
 
     from dlswm.export.pipeline import export_run
-    from dlswm.export.variants import VARIANTS, leading_layers
+    from dlswm.export.variants import VARIANTS
 
     first_try = next(r for r in tiny_export[1]["variants"] if r["variant"] == "int8")
-    assert [t["fp32_leading_layers"] for t in first_try["tries"]] == [0]
-    strict = replace(VARIANTS["int8"], min_overlap=1.01)
+    assert [t["fp32_layers"] for t in first_try["tries"]] == [[]] and first_try["sensitivity"] == []
+    strict = replace(VARIANTS["int8"], min_overlap=1.01, max_fp32_layers=3)
     row = export_run(tiny_run_dir, tmp_path, [strict], 64, force=False, min_overlap=None,
                      allow_low_agreement=True, progress=lambda msg: None)["variants"][0]
-    assert [t["fp32_leading_layers"] for t in row["tries"]] == [0, 1, 2, 3] and row["fp32_leading_layers"] == 3
-    assert row["policy_overlap"] == row["tries"][-1]["policy_overlap"] and "up to 3 leading layers" in row["reason"]
+    ranked = [s["layer"] for s in row["sensitivity"]]
+    overlaps = [s["policy_overlap"] for s in row["sensitivity"]]
+    fp32_graph = onnx.load(tiny_export[0]["fp32"])
+    quantizable = [n.name for n in fp32_graph.graph.node if n.op_type in ("Conv", "Gemm")
+                   and n.name not in output_layers(fp32_graph)]
+    assert sorted(ranked) == sorted(quantizable) and overlaps == sorted(overlaps, reverse=True)
+    assert [t["fp32_layers"] for t in row["tries"]] == [[], ranked[:1], ranked[:2], ranked[:3]]
+    assert row["fp32_layers"] == ranked[:3] and "up to 3 layers" in row["reason"]
+    assert row["policy_overlap"] == row["tries"][-1]["policy_overlap"]
     int8 = onnx.load(row["path"])
     float_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    fp32_layers = [n.name for n in int8.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in float_weights]
-    fp32_graph = onnx.load(tiny_export[0]["fp32"])
-    assert fp32_layers == leading_layers(fp32_graph, 3) + output_layers(fp32_graph)
-    assert open_agent(row["path"]).card.quantization["fp32_leading_layers"] == 3
+    fp32_layers = {n.name for n in int8.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in float_weights}
+    assert fp32_layers == set(ranked[:3]) | set(output_layers(fp32_graph))
+    assert open_agent(row["path"]).card.quantization["fp32_layers"] == ranked[:3]
 
 
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
