@@ -185,17 +185,24 @@ def curves(
     runs: Annotated[list[Path], typer.Argument(help="Training run directories.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("curves.png"),
     label: Annotated[list[str], typer.Option("--label", help="A legend name per run, in order.", show_default="the run directory's name")] = [],  # noqa: B006
+    markdown: Annotated[Path | None, typer.Option(help="Also write the runs' iterations side by side as a markdown table.")] = None,
 ) -> None:
     """Learning curves of runs: real score, imagined vs real reward, entropies, the model on new data."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("`dlswm curves` needs matplotlib: pip install 'dlswm[train]'", code=1) from None
-    from dlswm.train.curves import plot_runs
+    from dlswm.atomic import check_writable, write_result
+    from dlswm.train.curves import iteration_table, plot_runs
 
     if label and len(label) != len(runs):
         raise UserError(f"--label given {len(label)} times for {len(runs)} runs: give one per run")
+    if markdown is not None:
+        check_writable(markdown, "--markdown")
     typer.echo(plot_runs(runs, out, label or None))
+    if markdown is not None:
+        write_result(markdown, iteration_table(runs, label or None).encode(), "--markdown")
+        typer.echo(markdown)
 
 
 class Backend(str, enum.Enum):

@@ -563,6 +563,25 @@ def test_curves_draws_a_png_of_runs_and_refuses_bad_input_in_one_line(tiny_run_d
         assert not (tmp_path / "d.png").exists()
 
 
+def test_curves_markdown_puts_runs_side_by_side_with_the_real_rate_that_followed_each_policy(tmp_path):
+    """Hand-made metrics of two runs: a row per (iteration, run); the "real" reward rate of iteration
+    i is the collection of iteration i + 1 (the policy i trained, played for real); a column no run
+    logs is left out. Mutation caught: the real rate taken from the same iteration's line."""
+    from dlswm.train.curves import iteration_table
+
+    runs = []
+    for name, lines in {"a": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 5.0, "imagined/sign_return_per_step": 0.5},
+                              {"iteration": 2, "real_steps": 200, "eval/mean_score": 7.0, "collect/sign_return_per_step": 0.25}],
+                        "b": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 6.0}]}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+        runs.append(tmp_path / name)
+    table = iteration_table(runs, ["A", "B"]).splitlines()
+    assert table[0] == "| iteration | run | real steps | eval | imagined / real reward sign per step |"
+    assert table[2:] == ["| 1 | A | 100 | 5.0 | 0.5000 / 0.2500 |", "| 1 | B | 100 | 6.0 | - / - |",
+                         "| 2 | A | 200 | 7.0 | - / - |"]
+
+
 def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):
     """The projection is each phase's measured seconds per unit times the schedule's units, worked by
     hand for `tiny`: world-model batches ceil(2 * 256 / 48) + ceil(1 * 384 / 48) = 11 + 8, PPO 2 x 3

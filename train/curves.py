@@ -71,6 +71,54 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
     return save_png(fig, out)
 
 
+# The per-iteration table: (column, metric key, format); "next:" takes the key from the next
+# iteration's line (the real collection that follows the policy an iteration trained).
+TABLE = [
+    ("real steps", "real_steps", "{:,.0f}"),
+    ("eval", "eval/mean_score", "{:,.1f}"),
+    ("imagined / real reward sign per step", ("imagined/sign_return_per_step", "next:collect/sign_return_per_step"),
+     "{:.4f}"),
+    ("model on new data: next-code acc", "new_data/latent_acc", "{:.3f}"),
+    ("reward precision / recall", ("new_data/reward_precision", "new_data/reward_recall"), "{:.2f}"),
+    ("imagined / real life losses per step", ("imagined/life_loss_rate", "next:collect/life_loss_rate"), "{:.4f}"),
+    ("PPO entropy", "ppo/entropy", "{:.3f}"),
+    ("anchor KL", "ppo/anchor_kl", "{:.4f}"),
+    ("eval action entropy", "eval/action_entropy", "{:.3f}"),
+    ("wall min", "time/iteration_s", "{:.1f}"),
+]
+
+
+def _cell(lines: list[dict], i: int, key: str, fmt: str) -> str | None:
+    line = lines[i + 1] if key.startswith("next:") and i + 1 < len(lines) else (None if key.startswith("next:") else lines[i])
+    value = None if line is None else line.get(key.removeprefix("next:"))
+    if value is None:
+        return None
+    return fmt.format(value / 60 if key == "time/iteration_s" else value)
+
+
+def iteration_table(runs: list[Path], labels: list[str] | None = None) -> str:
+    """The runs' iterations side by side as a markdown table: a row per (iteration, run), a column per
+    row of TABLE that some run logs ("-" where a run lacks it)."""
+    data = [read_metrics(r) for r in runs]
+    labels = labels or [r.name for r in runs]
+    rows, used = [], [False] * len(TABLE)
+    for it in range(max(len(lines) for lines in data)):
+        for label, lines in zip(labels, data):
+            if it >= len(lines):
+                continue
+            cells = []
+            for c, (_, keys, fmt) in enumerate(TABLE):
+                parts = [_cell(lines, it, key, fmt) for key in ((keys,) if isinstance(keys, str) else keys)]
+                used[c] |= any(p is not None for p in parts)
+                cells.append(" / ".join(p or "-" for p in parts))
+            rows.append([str(lines[it]["iteration"]), label, *cells])
+    columns = [name for (name, _, _), u in zip(TABLE, used) if u]
+    keep = [True, True, *used]
+    lines_out = ["| iteration | run | " + " | ".join(columns) + " |", "|---:|---|" + "---:|" * len(columns)]
+    lines_out += ["| " + " | ".join(cell for cell, k in zip(row, keep) if k) + " |" for row in rows]
+    return "\n".join(lines_out) + "\n"
+
+
 def save_png(fig, out: Path) -> Path:
     """Write a matplotlib figure whole or not at all, and close it."""
     import matplotlib.pyplot as plt
