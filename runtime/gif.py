@@ -8,11 +8,12 @@ place on close. ~1.1 bytes per pixel: a 96x96 episode of 2,000 steps is ~20 MB.
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from dlswm.atomic import atomic_path
 
 _CLEAR, _END = 256, 257
 _RUN = 254  # literal codes between clear codes: keeps the decoder's table below 512 entries (9 bits)
@@ -37,14 +38,14 @@ class GifWriter:
 
     def __init__(self, path: Path, shape: tuple[int, int], frame_ms: int = 40):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.shape = shape
         self.delay = max(1, round(frame_ms / 10))
         self.frames = 0
 
     def __enter__(self) -> GifWriter:
         H, W = self.shape
-        self.file = open(self.tmp, "wb")
+        self._atomic = atomic_path(self.path)
+        self.file = open(self._atomic.__enter__(), "wb")
         palette = np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes()
         self.file.write(b"GIF89a" + struct.pack("<HHBBB", W, H, 0xF7, 0, 0) + palette
                         + b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
@@ -61,7 +62,4 @@ class GifWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.file.write(b"\x3b")
         self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        self._atomic.__exit__(exc_type, exc, tb)  # renamed into place on success, removed on an error

@@ -258,7 +258,7 @@ def test_unwritable_out_dir_is_a_one_line_error(tiny_run_dir, tmp_path, cli):
     blocker.write_text("x")
     code, _, err = cli("export", tiny_run_dir, "-o", blocker / "sub")
     assert_one_line_error(code, err, "cannot write to")
-    assert blocker.read_text() == "x" and not list(tmp_path.glob("**/*.tmp"))
+    assert blocker.read_text() == "x" and not list(tmp_path.glob("**/*.tmp*"))
 
 
 @pytest.mark.parametrize("n", [1, 16, 17, 37, 293, 294, 512])

@@ -26,11 +26,12 @@ copy per new chunk, and every batch is gathered there: only its indices cross fr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dlswm.atomic import atomic_path
 
 FIELDS = ("frames", "actions", "rewards", "first", "done", "life_lost")
 ENV_ACTIONS = "env_actions"  # (steps, num_envs): every action sent to the env, to replay it on resume
@@ -142,12 +143,8 @@ class ReplayBuffer:
     @staticmethod
     def save_chunk(chunk: dict[str, np.ndarray], path: Path, env_actions: np.ndarray | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **chunk, **({} if env_actions is None else {ENV_ACTIONS: env_actions}))
-            f.flush()
-            os.fsync(f.fileno())  # the checkpoint that follows must never point at a torn chunk
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, directory: Path, iterations: int, frame_stack: int) -> ReplayBuffer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dlswm.atomic import atomic_path
 from dlswm.errors import UserError
 
 # One panel each: (title, [(metric key, label suffix)]); a key a run lacks is skipped.
@@ -125,11 +126,9 @@ def save_png(fig, out: Path) -> Path:
 
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=90)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out

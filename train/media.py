@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dlswm.atomic import atomic_path
 from dlswm.models import System, in_mode
 from dlswm.models.vqvae import continuous_bernoulli_mean
 
@@ -37,10 +37,11 @@ def reconstruction_png(system: System, obs: np.ndarray, path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def rollout_gif(frames: torch.Tensor, path: Path, scale: int = 2) -> None:
@@ -49,6 +50,5 @@ def rollout_gif(frames: torch.Tensor, path: Path, scale: int = 2) -> None:
 
     video = (frames[:, 0, -1].clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()  # (T, H, W)
     video = video.repeat(scale, axis=1).repeat(scale, axis=2)
-    tmp = path.with_name(path.stem + ".tmp.gif")
-    iio.imwrite(tmp, video, extension=".gif", duration=80, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, video, extension=".gif", duration=80, loop=0)
