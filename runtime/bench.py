@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import dlswm
-from dlswm.atomic import atomic_path
+from dlswm.atomic import save_figure
 from dlswm.errors import UserError
 from dlswm.runtime.atari import make_env
 from dlswm.runtime.machine import machine
@@ -167,9 +167,4 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("latency per call, ms (bar p50, whisker p90)")
     ax.set_title(f"dlswm bench, batch {rows[0]['batch']}")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100)

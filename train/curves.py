@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dlswm.atomic import atomic_path
+from dlswm.atomic import save_figure
 from dlswm.errors import UserError
 
 # One panel each: (title, [(metric key, label suffix)]); a key a run lacks is skipped.
@@ -69,7 +69,7 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
         ax.set_xlabel("real interactions")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return save_png(fig, out)
+    return save_figure(fig, out, dpi=90)
 
 
 # The per-iteration table: (column, metric key, format); "next:" takes the key from the next
@@ -118,17 +118,3 @@ def iteration_table(runs: list[Path], labels: list[str] | None = None) -> str:
     lines_out = ["| iteration | run | " + " | ".join(columns) + " |", "|---:|---|" + "---:|" * len(columns)]
     lines_out += ["| " + " | ".join(cell for cell, k in zip(row, keep) if k) + " |" for row in rows]
     return "\n".join(lines_out) + "\n"
-
-
-def save_png(fig, out: Path) -> Path:
-    """Write a matplotlib figure whole or not at all, and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlswm.atomic import atomic_path
+from dlswm.atomic import atomic_path, save_figure
 from dlswm.models import System, in_mode
 from dlswm.models.vqvae import continuous_bernoulli_mean
 
@@ -36,12 +36,7 @@ def reconstruction_png(system: System, obs: np.ndarray, path: Path) -> None:
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def rollout_gif(frames: torch.Tensor, path: Path, scale: int = 2) -> None:

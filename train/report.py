@@ -21,7 +21,8 @@ import numpy as np
 
 from dlswm.errors import UserError
 from dlswm.runtime.reference_scores import PUBLISHED, RANDOM_HUMAN, human_normalized
-from dlswm.train.curves import metrics_lines, save_png
+from dlswm.atomic import save_figure
+from dlswm.train.curves import metrics_lines
 
 BOOTSTRAP_REPS = 2000
 
@@ -203,4 +204,4 @@ def plot(runs: list[RunResult], out: Path) -> Path:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(games):]:
         ax.set_visible(False)
-    return save_png(fig, out)
+    return save_figure(fig, out, dpi=90)
