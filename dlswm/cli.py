@@ -193,7 +193,7 @@ def curves(
     except ImportError:
         raise UserError("`dlswm curves` needs matplotlib: pip install 'dlswm[train]'", code=1) from None
     from dlswm.atomic import check_writable, write_result
-    from dlswm.train.curves import iteration_table, plot_runs
+    from dlswm.experiments.curves import iteration_table, plot_runs
 
     if label and len(label) != len(runs):
         raise UserError(f"--label given {len(label)} times for {len(runs)} runs: give one per run")
@@ -230,7 +230,7 @@ def sweep(
     require_torch("sweep")
     import os
 
-    from dlswm.train import sweep as sweeps
+    from dlswm.experiments import sweep as sweeps
 
     grid = sweeps.Sweep.plan(out, sweeps.parse_games(games), sweeps.parse_seeds(seeds), preset.value, overrides)
     module = {Backend.ray: "ray", Backend.slurm: "submitit"}.get(backend)
@@ -302,7 +302,7 @@ def report(
             check_writable(path, what)
     from rich.table import Table
 
-    from dlswm.train import report as results
+    from dlswm.experiments import report as results
 
     runs = results.find_runs(dirs)
     summary = results.summarize(runs)

@@ -28,6 +28,7 @@ from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
 from dlswm.export.variants import Quantizer, Variant
 from dlswm.models.summary import summarize
+from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.contract import action_probs, io_spec, output_shapes
@@ -48,10 +49,9 @@ def _run_dir(run: Path) -> Path:
 def _check_same_game(run_dir: Path, state: RunState) -> None:
     """The checkpoint and the run directory it sits in (whose buffer calibrates the export) must be
     one run: a checkpoint copied into another game's run would be calibrated on the wrong frames."""
-    path = run_dir / "config.json"
     try:
-        game = json.loads(path.read_text())["env"]["game"]
-    except (OSError, ValueError, KeyError, TypeError):
+        game = RunDir(run_dir).read_config()["env"]["game"]
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         return  # a checkpoint on its own: its buffer's check below still applies
     if game != state.game.name:
         raise UserError(f"{run_dir}: the checkpoint is a {state.game.name} agent but the run directory "

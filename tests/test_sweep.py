@@ -14,7 +14,7 @@ import pytest
 
 from dlswm.errors import UserError
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
-from dlswm.train import report as results
+from dlswm.experiments import report as results
 
 GRID = ["--games", "Pong,Breakout", "--seeds", "0,1", "--preset", "tiny", "--set", "schedule.iterations=1"]
 

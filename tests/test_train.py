@@ -443,13 +443,13 @@ def test_a_resumed_run_matches_an_uninterrupted_one(tiny_run_dir, tmp_path, monk
 def test_collection_and_evaluation_never_share_an_env_seed(tmp_path, monkeypatch):
     """ale_py seeds env e of a block seeded s with s + e. An evaluation game that shared a seed with
     a collection game would replay a no-op start the buffer already holds. Mutations caught: the
-    evaluation offset in `_env_seed` set to the collection's, or the loop passing the collection
+    evaluation offset in `env_seed` set to the collection's, or the trainer passing the collection
     seed to `evaluate`."""
-    from dlswm.train import loop
+    from dlswm.train import loop, trainer
     from dlswm.train.real_env import Collector
 
     blocks = []  # (purpose, first seed, envs)
-    collect, evaluate = Collector.collect, loop.evaluate
+    collect, evaluate = Collector.collect, trainer.evaluate
 
     def spy_collect(self, policy, steps, seed, progress):
         blocks.append(("collect", seed, self.num_envs))
@@ -460,7 +460,7 @@ def test_collection_and_evaluation_never_share_an_env_seed(tmp_path, monkeypatch
         return evaluate(env_cfg, policy, episodes, seed=seed, num_actions=num_actions)
 
     monkeypatch.setattr(Collector, "collect", spy_collect)
-    monkeypatch.setattr(loop, "evaluate", spy_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", spy_evaluate)
     loop.train(resolve("tiny", "Pong", ["schedule.eval_episodes=2"]), tmp_path / "run", device_name="cpu")
     assert [b[0] for b in blocks] == ["collect", "evaluate"] * 2
     seeds = {purpose: set() for purpose in ("collect", "evaluate")}
@@ -567,7 +567,7 @@ def test_curves_markdown_puts_runs_side_by_side_with_the_real_rate_that_followed
     """Hand-made metrics of two runs: a row per (iteration, run); the "real" reward rate of iteration
     i is the collection of iteration i + 1 (the policy i trained, played for real); a column no run
     logs is left out. Mutation caught: the real rate taken from the same iteration's line."""
-    from dlswm.train.curves import iteration_table
+    from dlswm.experiments.curves import iteration_table
 
     runs = []
     for name, lines in {"a": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 5.0, "imagined/sign_return_per_step": 0.5},

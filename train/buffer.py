@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dlswm.atomic import atomic_path
+from dlswm.run_dir import chunk_path
 
 FIELDS = ("frames", "actions", "rewards", "first", "done", "life_lost")
 ENV_ACTIONS = "env_actions"  # (steps, num_envs): every action sent to the env, to replay it on resume
@@ -136,9 +137,7 @@ class ReplayBuffer:
 
     # -- files: one chunk per collection, written once --------------------------------------------
 
-    @staticmethod
-    def chunk_path(directory: Path, iteration: int) -> Path:
-        return Path(directory) / f"chunk_{iteration:03d}.npz"
+    chunk_path = staticmethod(chunk_path)  # dlswm/run_dir.py names the files
 
     @staticmethod
     def save_chunk(chunk: dict[str, np.ndarray], path: Path, env_actions: np.ndarray | None = None) -> None:

@@ -1,16 +1,6 @@
-"""Run directories and the run's state: one typed, versioned object saved after every iteration.
-
-RUN_DIR/
-  config.json          the resolved config (written at start)
-  checkpoint.pt        the last finished iteration's RunState: models, optimizers, RNG states, counters
-  best.pt              the same for the iteration with the highest eval score so far
-  buffer/chunk_NNN.npz real experience collected in iteration NNN (see buffer.py)
-  metrics.jsonl        one line per finished iteration
-  tb/                  TensorBoard logs;  media/  per-iteration pictures
-
-Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written checkpoint; `--resume` continues after the last finished iteration. The file holds
-tensors, plain containers and numbers only, so it loads with `weights_only=True`.
+"""The run's state: one typed, versioned object saved after every iteration (checkpoint.pt, and
+best.pt for the best one; the run directory's format is dlswm/run_dir.py). Written whole or not at
+all; it holds tensors, plain containers and numbers only, so it loads with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -27,14 +17,13 @@ import dlswm
 from dlswm.atomic import atomic_write_bytes
 from dlswm.config import Config
 from dlswm.errors import UserError
+from dlswm.run_dir import CHECKPOINT_NAME
 from dlswm.runtime.atari import Game
 
 FORMAT = "dlswm-checkpoint"
 # 1: the first runs (a dict; wall_s, eval, best and dlswm_version may be missing). 2: RunState, every
 # field present. A reader takes any version up to VERSION (`_migrate`); a newer one is refused.
 VERSION = 2
-CHECKPOINT_NAME = "checkpoint.pt"
-BEST_NAME = "best.pt"
 
 
 @dataclasses.dataclass

@@ -15,13 +15,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dlswm.config import Config
-from dlswm.models import System
-from dlswm.runtime.atari import make_env, resolve_game
-from dlswm.train.buffer import ReplayBuffer
-from dlswm.train.imagine import PolicyTrainer
-from dlswm.train.real_env import Collector, random_policy, torch_policy
-from dlswm.train.speed import Speed
-from dlswm.train.world_model import WorldModelTrainer, dynamics_batches, warmup_batches
+from dlswm.runtime.atari import make_env
+from dlswm.train.real_env import random_policy, torch_policy
+from dlswm.train.trainer import Trainer
+from dlswm.train.world_model import dynamics_batches, warmup_batches
 
 EVAL_STEPS = 5_000  # assumed vector steps of one evaluation: a game's length depends on the agent
 
@@ -66,30 +63,24 @@ def _counted(fn: Callable[[], Any]) -> float:
 def profile(cfg: Config, device: torch.device, batches: int = 4, eval_steps: int = EVAL_STEPS,
             progress: Callable[[str], None] = lambda msg: None, threads: int | None = None) -> dict[str, Any]:
     """Time `batches` batches of each phase; returns per-phase rows and the projected schedule."""
-    game = resolve_game(cfg.env.game, cfg.env.full_action_space)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    system = System(cfg, game.num_actions).to(device)
-    speed = Speed.choose(cfg, device, threads)
-    speed.prepare(system)
-    wm, pt = WorldModelTrainer(system, cfg, speed), PolicyTrainer(system, cfg, speed)
-    s, quiet = cfg.schedule, (lambda n: None)
+    trainer = Trainer(cfg, device, threads)  # as `dlswm train` builds it, without a run directory
+    game, rng, system, speed = trainer.game, trainer.rng, trainer.system, trainer.speed
+    wm, pt, s, quiet = trainer.world_model, trainer.policy, cfg.schedule, (lambda n: None)
     measured: dict[str, tuple[float, float]] = {}  # phase -> (units done, seconds)
 
     progress("collect")
-    # Enough data for the sequences every phase samples, from one persistent env.
-    collector = Collector(cfg.env, s.collect_envs, persistent=True)
+    # Enough data for the sequences every phase samples, from the trainer's collection envs.
     try:
         n = s.collect_envs * max(64, 4 * cfg.dynamics.seq_len)
-        buffer = speed.prepare_buffer(ReplayBuffer(cfg.env.frame_stack))
+        buffer = trainer.buffer
         for phase, policy in (("collect (random)", random_policy(game.num_actions, rng)),
                               ("collect (agent)", torch_policy(system, device, cfg.policy.collect_temperature, cfg.seed))):
-            chunk, _, stats = collector.collect(policy, n, cfg.seed, quiet)
+            chunk, _, stats = trainer.collector.collect(policy, n, cfg.seed, quiet)
             steps = stats["collect/steps"]
             measured[phase] = (steps, steps / stats["throughput/env_steps_per_s"])
             buffer.add_chunk(chunk)
     finally:
-        collector.close()
+        trainer.close()
 
     # The first, untimed call of each training phase pays for first-call costs and counts the FLOPs.
     flops: dict[str, float] = {}  # phase -> FLOPs per unit

@@ -11,7 +11,6 @@ finished every iteration are listed as incomplete and left out of every mean.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from dlswm.errors import UserError
 from dlswm.runtime.reference_scores import PUBLISHED, RANDOM_HUMAN, human_normalized
 from dlswm.atomic import save_figure
-from dlswm.train.curves import metrics_lines
+from dlswm.run_dir import CONFIG_NAME, RunDir
 
 BOOTSTRAP_REPS = 2000
 
@@ -55,7 +54,7 @@ def find_runs(paths: list[Path]) -> list[RunResult]:
     for root in paths:
         if not root.exists():
             raise UserError(f"{root}: no such run or sweep directory")
-        configs = [root / "config.json"] if (root / "config.json").is_file() else sorted(root.rglob("config.json"))
+        configs = [root / CONFIG_NAME] if (root / CONFIG_NAME).is_file() else sorted(root.rglob(CONFIG_NAME))
         for config in configs:
             if ".submitit" in config.parts:
                 continue
@@ -67,12 +66,13 @@ def find_runs(paths: list[Path]) -> list[RunResult]:
 
 
 def _read_run(run: Path) -> RunResult:
+    run_dir = RunDir(run)
     try:
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = run_dir.read_config()
         game, seed, preset, iterations = cfg["env"]["game"], int(cfg["seed"]), cfg["preset"], int(cfg["schedule"]["iterations"])
     except (ValueError, KeyError, TypeError):
-        raise UserError(f"{run / 'config.json'} is damaged") from None
-    evals = [(int(m["real_steps"]), float(m["eval/mean_score"])) for m in metrics_lines(run) if "eval/mean_score" in m]
+        raise UserError(f"{run_dir.config} is damaged") from None
+    evals = [(int(m["real_steps"]), float(m["eval/mean_score"])) for m in run_dir.metrics_lines() if "eval/mean_score" in m]
     return RunResult(run, game, seed, preset, iterations, evals)
 
 

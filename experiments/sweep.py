@@ -25,7 +25,7 @@ from dlswm.config import Config, resolve
 from dlswm.errors import UserError
 from dlswm.runtime.atari import resolve_game
 from dlswm.runtime.reference_scores import SUITES
-from dlswm.train.curves import metrics_lines
+from dlswm.run_dir import RunDir
 
 MANIFEST = "sweep.json"
 FORMAT = 1
@@ -51,7 +51,7 @@ class RunSpec:
     def command(self) -> list[str]:
         """`dlswm train` for this run: --resume once its directory holds a config, else a new run."""
         train = [sys.executable, "-m", "dlswm", "train"]
-        if (Path(self.run_dir) / "config.json").is_file():
+        if RunDir(self.run_dir).is_run():
             return [*train, "--out", self.run_dir, "--resume", *self._machine()]
         sets = [a for o in self.overrides for a in ("--set", o)]
         return [*train, self.game, "--preset", self.preset, "--seed", str(self.seed), "--out", self.run_dir,
@@ -145,7 +145,7 @@ class Sweep:
                 if key in old_runs and old_runs[key].get("state") == "done":
                     entry["state"] = "done"
         for key, cfg in sweep.configs.items():  # a run directory someone else started, or a changed dlswm
-            saved = sweep.run_dir(key) / "config.json"
+            saved = RunDir(sweep.run_dir(key)).config
             if saved.is_file():
                 try:
                     theirs = Config.from_dict(json.loads(saved.read_text()))
@@ -196,7 +196,7 @@ def _first_difference(a: Config, b: Config) -> str:
 
 def progress_of(run_dir: Path) -> tuple[int, float | None]:
     """(finished iterations, last eval score) from a run's metrics.jsonl; (0, None) before the first."""
-    lines = metrics_lines(run_dir)
+    lines = RunDir(run_dir).metrics_lines()
     return (lines[-1]["iteration"], lines[-1].get("eval/mean_score")) if lines else (0, None)
 
 
@@ -348,7 +348,7 @@ def run_sweep(sweep: Sweep, todo: list[RunSpec], backend: Any, parallel: int,
                 entry = sweep.runs[key]
                 code = backend.poll(handle)
                 if code is None:
-                    if entry["state"] != "running" and (sweep.run_dir(key) / "config.json").exists():
+                    if entry["state"] != "running" and RunDir(sweep.run_dir(key)).is_run():
                         entry["state"], changed = "running", True
                     continue
                 del running[key]

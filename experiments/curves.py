@@ -3,11 +3,11 @@ policy exploiting its world model (imagined vs real reward, entropies, the model
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dlswm.atomic import save_figure
 from dlswm.errors import UserError
+from dlswm.run_dir import RunDir
 
 # One panel each: (title, [(metric key, label suffix)]); a key a run lacks is skipped.
 PANELS = [
@@ -21,29 +21,14 @@ PANELS = [
 ]
 
 
-def parse_metrics_line(line: str) -> dict | None:
-    """One line of metrics.jsonl, or None for a line torn by a kill mid-append."""
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
-
-
-def metrics_lines(run: Path) -> list[dict]:
-    """A run's finished iterations from its metrics.jsonl; [] before the first (or with no file)."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [m for line in path.read_text().splitlines() if (m := parse_metrics_line(line)) is not None]
-
-
 def read_metrics(run: Path) -> list[dict]:
-    if not (run / "metrics.jsonl").is_file():
-        raise UserError(f"{run} is not a dlswm run (no metrics.jsonl)")
-    lines = metrics_lines(run)
-    path = run / "metrics.jsonl"
+    """A run's metrics lines for a report of it: a one-line error without any."""
+    run_dir = RunDir(run)
+    if not run_dir.metrics.is_file():
+        raise UserError(f"{run} is not a dlswm run (no {run_dir.metrics.name})")
+    lines = run_dir.metrics_lines()
     if not lines:
-        raise UserError(f"{path} has no finished iteration yet")
+        raise UserError(f"{run_dir.metrics} has no finished iteration yet")
     return lines
 
 
