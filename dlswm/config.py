@@ -16,8 +16,35 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from dlswm.errors import UserError, close_matches_hint
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric field's valid values, written beside the field (`Annotated[int, POSITIVE]`) and
+    checked on every config a run, a resume or a model card uses, before any work: out-of-range
+    values otherwise crash, hang or segfault deep inside a run. A tuple field checks each item."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # the bound itself is not valid (a learning rate of 0 trains nothing)
+    open_high: bool = False
+
+    def admits(self, value: float) -> bool:
+        return math.isfinite(value) and not (
+            self.low is not None and (value <= self.low if self.open_low else value < self.low)) and not (
+            self.high is not None and (value >= self.high if self.open_high else value > self.high))
+
+    def describe(self) -> str:
+        lo = "" if self.low is None else f"{self.low} {'<' if self.open_low else '<='} "
+        hi = "" if self.high is None else f" {'<' if self.open_high else '<='} {self.high}"
+        return f"{lo}value{hi}"
+
+
+POSITIVE, NON_NEGATIVE, UNIT = Range(1), Range(0), Range(0, 1)
+ABOVE_ZERO = Range(0, open_low=True)
 
 
 @dataclass
@@ -25,49 +52,49 @@ class EnvConfig:
     """The Atari 100k observation and evaluation protocol (ale_py AtariVectorEnv arguments)."""
 
     game: str = "Pong"
-    frame_size: int = 96  # square grayscale frames
-    frame_stack: int = 4  # the article's stack of the 4 most recent frames
-    frameskip: int = 4
+    frame_size: Annotated[int, POSITIVE] = 96  # square grayscale frames
+    frame_stack: Annotated[int, POSITIVE] = 4  # the article's stack of the 4 most recent frames
+    frameskip: Annotated[int, POSITIVE] = 4
     maxpool: bool = True  # max over the last two raw frames of each skip
     grayscale: bool = True
-    noop_max: int = 30
-    repeat_action_probability: float = 0.0  # no sticky actions
-    max_episode_steps: int = 27_000  # 108,000 frames
+    noop_max: Annotated[int, NON_NEGATIVE] = 30
+    repeat_action_probability: Annotated[float, UNIT] = 0.0  # no sticky actions
+    max_episode_steps: Annotated[int, POSITIVE] = 27_000  # 108,000 frames
     full_action_space: bool = False  # minimal action set
     fire_reset: bool = False  # press FIRE after reset (off: the agent learns to serve)
 
 
 @dataclass
 class VQVAEConfig:
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # one 4x4 stride-2 conv each: 96 -> 6
-    res_blocks: int = 2
-    embedding_dim: int = 32
-    codebook_size: int = 128  # K
-    commitment_cost: float = 0.25
-    ema_decay: float = 0.99
-    ema_epsilon: float = 1e-5
-    batch_size: int = 40
-    lr: float = 1e-4
-    warmup_epochs: int = 50  # on the first data, at lr * warmup_lr_scale
-    warmup_lr_scale: float = 10.0
+    channels: Annotated[tuple[int, ...], POSITIVE] = (32, 64, 128, 256)  # one 4x4 stride-2 conv each: 96 -> 6
+    res_blocks: Annotated[int, NON_NEGATIVE] = 2
+    embedding_dim: Annotated[int, POSITIVE] = 32
+    codebook_size: Annotated[int, Range(2)] = 128  # K
+    commitment_cost: Annotated[float, NON_NEGATIVE] = 0.25
+    ema_decay: Annotated[float, Range(0, 1, open_high=True)] = 0.99
+    ema_epsilon: Annotated[float, ABOVE_ZERO] = 1e-5
+    batch_size: Annotated[int, POSITIVE] = 40
+    lr: Annotated[float, ABOVE_ZERO] = 1e-4
+    warmup_epochs: Annotated[int, NON_NEGATIVE] = 50  # on the first data, at lr * warmup_lr_scale
+    warmup_lr_scale: Annotated[float, ABOVE_ZERO] = 10.0
 
 
 @dataclass
 class DynamicsConfig:
-    hidden_channels: int = 128
-    layers: int = 2
-    kernel_size: int = 5
-    reward_channels: int = 32
-    reward_hidden: int = 512
-    seq_len: int = 11
-    teacher_forcing_steps: int = 4  # later steps are fed the model's own samples
-    batch_size: int = 4
-    lr: float = 5e-4
-    reward_lr: float = 1e-3
-    reward_trunk_grad: float = 1e-6  # scale of the reward loss's gradient into the LSTM (released code)
+    hidden_channels: Annotated[int, POSITIVE] = 128
+    layers: Annotated[int, POSITIVE] = 2
+    kernel_size: Annotated[int, POSITIVE] = 5
+    reward_channels: Annotated[int, POSITIVE] = 32
+    reward_hidden: Annotated[int, POSITIVE] = 512
+    seq_len: Annotated[int, Range(2)] = 11
+    teacher_forcing_steps: Annotated[int, POSITIVE] = 4  # later steps are fed the model's own samples
+    batch_size: Annotated[int, POSITIVE] = 4
+    lr: Annotated[float, ABOVE_ZERO] = 5e-4
+    reward_lr: Annotated[float, ABOVE_ZERO] = 1e-3
+    reward_trunk_grad: Annotated[float, UNIT] = 1e-6  # scale of the reward loss's gradient into the LSTM (released code)
     # The article lets dynamics errors reach the embedding; the released code stops that gradient.
     stop_embedding_grad: bool = False
-    vqvae_every: int = 2  # one VQ-VAE batch every this many dynamics batches
+    vqvae_every: Annotated[int, POSITIVE] = 2  # one VQ-VAE batch every this many dynamics batches
     # A head beside the reward's that predicts a life lost on each step (the article has none):
     # imagination then ends the returns where it samples one, as PPO on Atari ends episodes at a
     # life loss, so the policy learns what costs a life.
@@ -76,25 +103,25 @@ class DynamicsConfig:
 
 @dataclass
 class PolicyConfig:
-    conv_channels: int = 64
-    kernel_size: int = 5
-    hidden: int = 512
-    collect_temperature: float = 1.5
-    eval_temperature: float = 0.5
+    conv_channels: Annotated[int, POSITIVE] = 64
+    kernel_size: Annotated[int, POSITIVE] = 5
+    hidden: Annotated[int, POSITIVE] = 512
+    collect_temperature: Annotated[float, NON_NEGATIVE] = 1.5
+    eval_temperature: Annotated[float, NON_NEGATIVE] = 0.5
 
 
 @dataclass
 class PPOConfig:
-    num_envs: int = 16  # imagined environments
-    rollout_steps: int = 50  # imagined horizon, each rollout starts from a real observation
-    epochs: int = 4
-    minibatch_size: int = 256
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.1
-    value_clip_coef: float = 0.1
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
+    num_envs: Annotated[int, POSITIVE] = 16  # imagined environments
+    rollout_steps: Annotated[int, POSITIVE] = 50  # imagined horizon, each rollout starts from a real observation
+    epochs: Annotated[int, POSITIVE] = 4
+    minibatch_size: Annotated[int, POSITIVE] = 256
+    gamma: Annotated[float, UNIT] = 0.99
+    gae_lambda: Annotated[float, UNIT] = 0.95
+    clip_coef: Annotated[float, ABOVE_ZERO] = 0.1
+    value_clip_coef: Annotated[float, ABOVE_ZERO] = 0.1
+    value_coef: Annotated[float, NON_NEGATIVE] = 0.5
+    entropy_coef: Annotated[float, NON_NEGATIVE] = 0.01
     normalize_advantages: bool = True
     # The critic's value of the state after the last imagined step stands in for the rest of the
     # episode (a cut, not an end); false treats the horizon as terminal, as the released code does.
@@ -102,20 +129,20 @@ class PPOConfig:
     # Trust region across iterations: + coef * KL(policy at the iteration's start || policy) on the
     # imagined states, so PPO cannot move far from the policy whose real data the model has seen
     # (0: off). Against the policy exploiting the world model's errors on states it never saw.
-    anchor_kl_coef: float = 0.0
-    lr: float = 2.5e-4
-    max_grad_norm: float = 0.5
+    anchor_kl_coef: Annotated[float, NON_NEGATIVE] = 0.0
+    lr: Annotated[float, ABOVE_ZERO] = 2.5e-4
+    max_grad_norm: Annotated[float, ABOVE_ZERO] = 0.5
 
 
 @dataclass
 class ScheduleConfig:
-    iterations: int = 15
-    initial_steps: int = 12_800  # real agent steps in iteration 1 (random policy)
-    steps_per_iteration: int = 6_400
-    collect_envs: int = 8
-    wm_epochs: tuple[int, ...] = (140, 32, 24, 20, 16, 14, 12, 11, 10, 9, 8, 8, 7, 7, 6)
-    ppo_updates: tuple[int, ...] = (1000,) * 7 + (2000,) + (1000,) * 3 + (2000,) + (1000,) * 2 + (3000,)
-    eval_episodes: int = 8
+    iterations: Annotated[int, POSITIVE] = 15
+    initial_steps: Annotated[int, POSITIVE] = 12_800  # real agent steps in iteration 1 (random policy)
+    steps_per_iteration: Annotated[int, POSITIVE] = 6_400
+    collect_envs: Annotated[int, POSITIVE] = 8
+    wm_epochs: Annotated[tuple[int, ...], NON_NEGATIVE] = (140, 32, 24, 20, 16, 14, 12, 11, 10, 9, 8, 8, 7, 7, 6)
+    ppo_updates: Annotated[tuple[int, ...], NON_NEGATIVE] = (1000,) * 7 + (2000,) + (1000,) * 3 + (2000,) + (1000,) * 2 + (3000,)
+    eval_episodes: Annotated[int, POSITIVE] = 8
     # The collection envs run on across iterations (the released code's one env): episodes longer
     # than an iteration's steps / collect_envs continue, so the buffer reaches deep into the game.
     persistent_envs: bool = True
@@ -130,7 +157,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     preset: str = "paper"
-    seed: int = 0
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
     # bf16 autocast of world-model training, imagination and the policy's body in PPO (its heads stay
     # fp32), where the hardware runs bf16 natively (CUDA from Ampere on; CPUs with AVX512-BF16 or
     # AMX); fp32 elsewhere, whatever this says.
@@ -304,51 +331,28 @@ def resolve(preset: str, game: str | None = None, overrides: list[str] | None = 
     return apply_overrides(cfg, overrides or [])
 
 
-# ---- ranges ----------------------------------------------------------------------------------------
-# Every numeric field's valid range, checked on every config a run, a resume or a model card uses,
-# before any work: out-of-range values otherwise crash, hang or segfault deep inside a run.
-_POSITIVE = (1, None)
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "env.frame_size": _POSITIVE, "env.frame_stack": _POSITIVE, "env.frameskip": _POSITIVE, "env.noop_max": (0, None),
-    "env.repeat_action_probability": (0, 1), "env.max_episode_steps": _POSITIVE,
-    "vqvae.channels": _POSITIVE, "vqvae.res_blocks": (0, None), "vqvae.embedding_dim": _POSITIVE,
-    "vqvae.codebook_size": (2, None), "vqvae.commitment_cost": (0, None), "vqvae.ema_decay": (0, 1),
-    "vqvae.ema_epsilon": (0, None), "vqvae.batch_size": _POSITIVE, "vqvae.lr": (0, None),
-    "vqvae.warmup_epochs": (0, None), "vqvae.warmup_lr_scale": (0, None),
-    "dynamics.hidden_channels": _POSITIVE, "dynamics.layers": _POSITIVE, "dynamics.kernel_size": _POSITIVE,
-    "dynamics.reward_channels": _POSITIVE, "dynamics.reward_hidden": _POSITIVE, "dynamics.seq_len": (2, None),
-    "dynamics.teacher_forcing_steps": _POSITIVE, "dynamics.batch_size": _POSITIVE, "dynamics.lr": (0, None),
-    "dynamics.reward_lr": (0, None), "dynamics.reward_trunk_grad": (0, 1), "dynamics.vqvae_every": _POSITIVE,
-    "policy.conv_channels": _POSITIVE, "policy.kernel_size": _POSITIVE, "policy.hidden": _POSITIVE,
-    "policy.collect_temperature": (0, None), "policy.eval_temperature": (0, None),
-    "ppo.num_envs": _POSITIVE, "ppo.rollout_steps": _POSITIVE, "ppo.epochs": _POSITIVE, "ppo.minibatch_size": _POSITIVE,
-    "ppo.gamma": (0, 1), "ppo.gae_lambda": (0, 1), "ppo.clip_coef": (0, None), "ppo.value_clip_coef": (0, None),
-    "ppo.value_coef": (0, None), "ppo.entropy_coef": (0, None), "ppo.anchor_kl_coef": (0, None),
-    "ppo.lr": (0, None), "ppo.max_grad_norm": (0, None),
-    "schedule.iterations": _POSITIVE, "schedule.initial_steps": _POSITIVE, "schedule.steps_per_iteration": _POSITIVE,
-    "schedule.collect_envs": _POSITIVE, "schedule.wm_epochs": (0, None), "schedule.ppo_updates": (0, None),
-    "schedule.eval_episodes": _POSITIVE, "seed": (0, 2**32 - 1),
-}
-# Fields where the bound itself is not a valid value (a learning rate of 0 trains nothing).
-_EXCLUSIVE_LOW = {"vqvae.ema_epsilon", "vqvae.lr", "vqvae.warmup_lr_scale", "dynamics.lr", "dynamics.reward_lr",
-                  "ppo.clip_coef", "ppo.value_clip_coef", "ppo.lr", "ppo.max_grad_norm"}
-_EXCLUSIVE_HIGH = {"vqvae.ema_decay"}
+def ranges(cls: type = None, prefix: str = "") -> dict[str, Range]:
+    """Every field's Range by dotted key, read from the annotations beside the fields."""
+    cls = cls or Config
+    out = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if dataclasses.is_dataclass(hint):
+            out.update(ranges(hint, f"{prefix}{name}."))
+        elif typing.get_origin(hint) is Annotated:
+            out.update({f"{prefix}{name}": r for r in hint.__metadata__ if isinstance(r, Range)})
+    return out
 
 
 def validate(cfg: Config) -> Config:
     """Every value in range and the sections consistent with each other; else one UserError naming
     the key. Returns `cfg` for chaining."""
     data = cfg.to_dict()
-    for key, (low, high) in RANGES.items():
+    for key, allowed in ranges().items():
         node: typing.Any = data
         for part in key.split("."):
             node = node[part]
-        for value in (node if isinstance(node, (tuple, list)) else (node,)):
-            if not math.isfinite(value) or (low is not None and (value <= low if key in _EXCLUSIVE_LOW else value < low)) \
-                    or (high is not None and (value >= high if key in _EXCLUSIVE_HIGH else value > high)):
-                lo = "" if low is None else f"{low} {'<' if key in _EXCLUSIVE_LOW else '<='} "
-                hi = "" if high is None else f" {'<' if key in _EXCLUSIVE_HIGH else '<='} {high}"
-                raise UserError(f"config {key}={_show(node)} is out of range: expected {lo}value{hi}")
+        if not all(allowed.admits(v) for v in (node if isinstance(node, (tuple, list)) else (node,))):
+            raise UserError(f"config {key}={_show(node)} is out of range: expected {allowed.describe()}")
     _check_consistency(cfg)
     return cfg
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from dlswm.config import PRESETS, RANGES, Config, apply_overrides, resolve, validate
+from dlswm.config import PRESETS, Config, apply_overrides, ranges, resolve, validate
 from dlswm.errors import UserError
 
 
@@ -76,13 +76,22 @@ def test_out_of_range_and_inconsistent_values_are_refused_naming_the_key(overrid
         resolve("tiny", "Pong", [override])
 
 
-def test_every_preset_passes_its_own_range_checks_and_every_range_names_a_field():
+def test_every_preset_passes_its_own_range_checks_and_every_numeric_field_has_a_range():
+    """Ranges sit beside their fields: a new numeric field written without one fails here, where
+    before it was silently unchecked."""
     for name in PRESETS:
         validate(resolve(name))
-    for key in RANGES:
-        node = Config().to_dict()
-        for part in key.split("."):
-            node = node[part]  # a KeyError here is a range for a field that does not exist
+    numeric = []
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif not isinstance(value, (bool, str)):
+                numeric.append(f"{prefix}{key}")
+
+    walk(Config().to_dict())
+    assert sorted(ranges()) == sorted(numeric)
 
 
 def test_a_saved_config_with_a_bad_value_is_refused_on_load():
