@@ -260,11 +260,8 @@ def _cpu() -> Config:
     return Config(
         vqvae=VQVAEConfig(warmup_epochs=5),
         dynamics=DynamicsConfig(hidden_channels=64, kernel_size=3, batch_size=16),
-        # A short schedule leaves the policy short of converged: a sharpened (T=0.5) policy locked
-        # into one column in CrazyClimber and scored below random. PPO optimizes the T=1 policy, so
-        # that is what is evaluated. Without a trust region every run collapsed from iteration 3 or 4
-        # as the policy exploited the model (a 3x entropy bonus only delayed it); with the KL anchor
-        # to the iteration's starting policy no run collapsed, and the paper's entropy bonus is back.
+        # The policy PPO optimizes (T=1) is evaluated, and a KL anchor keeps PPO from exploiting the
+        # model: without them cpu runs collapsed (docs/experiments.md has the runs).
         policy=PolicyConfig(eval_temperature=1.0),
         ppo=PPOConfig(num_envs=64, entropy_coef=0.01, anchor_kl_coef=0.3),
         schedule=ScheduleConfig(iterations=8, initial_steps=6_400, steps_per_iteration=3_200,

@@ -36,8 +36,7 @@ class Variant:
     weight_type: str | None = None
     per_channel: bool = True
     # Ops given to the quantizer. The codebook-distance MatMul stays fp32: quantizing it gained no
-    # speed (paper size, 1 thread: 0.727 vs 0.732 ms p50) and flipped more code indices (held-out
-    # code agreement 0.57 vs 0.68 on a paper-size network with data-initialised codebook).
+    # speed and flipped more code indices (docs/int8.md).
     op_types: tuple[str, ...] = ("Conv", "Gemm")
     fp32_output_layers: bool = True  # the Conv/Gemm nearest each graph output stays fp32
     calibration: str = "Percentile"  # onnxruntime CalibrationMethod name
