@@ -68,6 +68,13 @@ def check_writable(path: Path, what: str) -> Path:
 PROBE_BYTES = 64 * 1024  # a full disk refuses this much even where it still takes an empty file
 
 
+def check_outputs(outputs: dict[str, Path | None]) -> None:
+    """`check_writable` for each output option given ({"--json": path or None, ...})."""
+    for what, path in outputs.items():
+        if path is not None:
+            check_writable(path, what)
+
+
 def write_result(path: Path, data: bytes, what: str) -> None:
     """Write a result at the end of the work; if that fails now (the disk filled up meanwhile), say
     so in one line: the results themselves are already on the screen."""

@@ -152,14 +152,13 @@ def profile(
 ) -> None:
     """Time each phase of the training loop at a preset's sizes; project the whole schedule."""
     require_torch("profile")
-    from dlswm.atomic import check_writable, write_result
+    from dlswm.atomic import check_outputs, write_result
     from dlswm.config import resolve
     from dlswm.train.loop import pick_device
     from dlswm.train.profile import profile as run_profile
 
     cfg = resolve(preset.value, game, overrides)
-    if json_out is not None:
-        check_writable(json_out, "--json")
+    check_outputs({"--json": json_out})
     result = run_profile(cfg, pick_device(device.value), batches, eval_steps,
                          progress=lambda msg: console(stderr=True).log(f"timing {msg}"), threads=threads)
     from rich.table import Table
@@ -192,13 +191,12 @@ def curves(
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("`dlswm curves` needs matplotlib: pip install 'dlswm[train]'", code=1) from None
-    from dlswm.atomic import check_writable, write_result
+    from dlswm.atomic import check_outputs, write_result
     from dlswm.experiments.curves import iteration_table, plot_runs
 
     if label and len(label) != len(runs):
         raise UserError(f"--label given {len(label)} times for {len(runs)} runs: give one per run")
-    if markdown is not None:
-        check_writable(markdown, "--markdown")
+    check_outputs({"--markdown": markdown})
     typer.echo(plot_runs(runs, out, label or None))
     if markdown is not None:
         write_result(markdown, iteration_table(runs, label or None).encode(), "--markdown")
@@ -292,14 +290,12 @@ def report(
     plot: Annotated[Path | None, typer.Option(help="Write the learning curves per game (PNG).")] = None,
 ) -> None:
     """The results table: per game mean and spread over seeds, human-normalized, aggregates with intervals."""
-    from dlswm.atomic import check_writable, write_result
+    from dlswm.atomic import check_outputs, write_result
 
     for wanted, module in ((True, "rliable"), (plot, "matplotlib")):
         if wanted and importlib.util.find_spec(module) is None:
             raise UserError(f"`dlswm report` needs {module}: pip install 'dlswm[sweep]'", code=1)
-    for path, what in ((markdown, "--markdown"), (json_out, "--json"), (plot, "--plot")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs({"--markdown": markdown, "--json": json_out, "--plot": plot})
     from rich.table import Table
 
     from dlswm.experiments import report as results
@@ -409,15 +405,13 @@ def play(
     """Play Atari with an exported agent (no torch) and report score, latency and memory."""
     from rich.progress import Progress
 
-    from dlswm.atomic import check_writable, write_result
+    from dlswm.atomic import check_outputs, write_result
     from dlswm.runtime.gif import GifWriter
     from dlswm.runtime.play import check, default_agent, play as play_games
     from dlswm.runtime.report import play_table
     from dlswm.runtime.session import open_agent
 
-    for path, what in ((record, "--record"), (json_path, "--json")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs({"--record": record, "--json": json_path})
     if record is not None and record.suffix.lower() != ".gif":
         raise UserError(f"--record {record}: dlswm writes .gif (convert it with e.g. `ffmpeg -i x.gif x.mp4`)")
     if temperature is not None:
@@ -458,13 +452,11 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a latency chart (PNG, needs matplotlib).")] = None,
 ) -> None:
     """Latency and memory of agent variants on this machine, each in a fresh process."""
-    from dlswm.atomic import check_writable, write_result
+    from dlswm.atomic import check_outputs, write_result
     from dlswm.runtime import bench as benchmark
     from dlswm.runtime.report import bench_markdown, bench_table
 
-    for path, what in ((json_path, "--json"), (markdown, "--markdown"), (plot, "--plot")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs({"--json": json_path, "--markdown": markdown, "--plot": plot})
     # What an extra provides is checked before minutes of measuring, not after.
     for wanted, module, extra in ((plot, "matplotlib", "--plot"), (peak, "onnx", "--peak")):
         if wanted and importlib.util.find_spec(module) is None:
