@@ -1,3 +1,5 @@
+"""The command line: `info`, and bad input refused in one line naming the valid choices, before any work."""
+
 import json
 import subprocess
 import sys

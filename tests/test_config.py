@@ -1,3 +1,5 @@
+"""The typed config: presets, typed `--set` overrides, a range beside every numeric field, consistency checks."""
+
 import re
 
 import pytest

@@ -1,3 +1,6 @@
+"""`dlswm export` on a real tiny run: the ONNX files, the parity gate, the sensitivity-ranked int8
+retry, the model card, and one-line refusals of bad input."""
+
 import json
 import subprocess
 import sys

@@ -1,3 +1,7 @@
+"""The networks: shapes and parameter counts at every preset, resets, and losses that fall when
+they overfit one real batch."""
+
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +145,40 @@ def test_in_mode_sets_a_mode_for_a_block_and_restores_every_submodules_own_flag(
         assert all(m.training for m in net.modules())
         1 / 0
     assert [m.training for m in net.modules()] == [True, True, False, False]  # restored on an exception too
+
+
+def overfit(loss_fn, params, steps=40, lr=3e-3):
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_vqvae_reconstruction_loss_falls_on_a_fixed_batch(fresh):
+    cfg, system, buffer = fresh
+    frames = torch.from_numpy(buffer.observations(np.arange(0, 160, 10)))
+    losses = overfit(lambda: vqvae_loss(system.vqvae(frames), frames, cfg.vqvae)[0], system.vqvae.parameters())
+    assert np.mean(losses[-5:]) < losses[0] - 0.1 * abs(losses[0])
+
+
+def test_dynamics_loss_falls_when_it_overfits_one_batch(fresh):
+    cfg, system, buffer = fresh
+    T = cfg.dynamics.seq_len
+    seq = buffer.sequences(buffer.sequence_starts(T)[:8:2], T)
+    obs = torch.from_numpy(seq["obs"]).flatten(0, 1)
+    codebook = system.vqvae.codebook
+    with torch.no_grad():
+        codes = codebook.lookup(system.vqvae.encoder.eval()(obs)).view(4, T, 6, 6)
+    z = codebook.embed(codes)  # fixed inputs: only the dynamics model learns here
+
+    def loss():
+        return dynamics_loss(system.dynamics, codebook.embed, z, codes, torch.from_numpy(seq["actions"]),
+                             torch.from_numpy(seq["rewards"]), torch.from_numpy(seq["first"]), cfg)[0]
+
+    losses = overfit(loss, system.dynamics.parameters())
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]

@@ -182,6 +182,15 @@ def test_gae_returns_and_monte_carlo_limit():
     assert torch.allclose(adv0, rewards + 0.9 * next_values - values)
 
 
+def test_gae_matches_a_hand_worked_example():
+    # gamma 0.9, lambda 0.8; rewards [1, 0], values [0.5, 0.2], bootstrap value 1.0:
+    # delta_1 = 0 + 0.9 * 1.0 - 0.2 = 0.7;  A_1 = 0.7
+    # delta_0 = 1 + 0.9 * 0.2 - 0.5 = 0.68; A_0 = 0.68 + 0.9 * 0.8 * 0.7 = 1.184
+    adv, ret = gae(torch.tensor([[1.0], [0.0]]), torch.tensor([[0.5], [0.2]]), torch.tensor([1.0]), 0.9, 0.8)
+    assert torch.allclose(adv.squeeze(1), torch.tensor([1.184, 0.7]))
+    assert torch.allclose(ret.squeeze(1), torch.tensor([1.684, 0.9]))
+
+
 def test_gae_ends_the_return_at_a_life_loss():
     """Hand-worked, gamma 0.9, lambda 0.8, one rollout of 3 steps whose step 1 lost a life:
     A2 = 2 + 0.9 * 1.0 - 0.3 = 2.6; A1 = 0 - 0.4 = -0.4 (nothing after the loss counts);
