@@ -21,6 +21,6 @@ class InferenceAgent(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """frames uint8 (B, S, 96, 96) -> logits (B, A), value (B,), codes int64 (B, 6, 6)."""
-        codes = self.codebook.lookup(self.encoder(frames))  # (B, 6, 6)
-        logits, value = self.policy(self.codebook.embed(codes))  # (B, A), (B,)
+        codes, z = self.codebook.quantize(self.encoder(frames))  # (B, 6, 6), (B, D, 6, 6)
+        logits, value = self.policy(z)  # (B, A), (B,)
         return logits, value, codes

@@ -108,6 +108,12 @@ class Codebook(nn.Module):
         """Indices (..., H, W) -> embeddings (..., D, H, W)."""
         return F.embedding(indices, self.embedding).movedim(-1, -3)
 
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output -> (codes (B, H, W), their embeddings (B, D, H, W)): the path every reader of
+        the latent grid takes (the exported agent, imagination, world-model training)."""
+        codes = self.lookup(z_e)
+        return codes, self.embed(codes)
+
     def forward(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_e (B, D, H, W) -> (straight-through z_q (B, D, H, W), indices (B, H, W)).
 

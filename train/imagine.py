@@ -49,7 +49,7 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     # in it too, as world-model training encodes its windows.
     with bf16_autocast(context["obs"].device, amp):
         z_e = system.vqvae.encoder(context["obs"].flatten(0, 1)).float()  # (N * C, D, 6, 6)
-        real = codebook.embed(codebook.lookup(z_e)).view(N, C, *z_e.shape[1:])  # (N, C, D, 6, 6)
+        real = codebook.quantize(z_e)[1].view(N, C, *z_e.shape[1:])  # (N, C, D, 6, 6)
         state = dynamics.initial_state(N, real[:, 0])
         for t in range(C - 1):
             _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])

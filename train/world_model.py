@@ -60,8 +60,8 @@ class WorldModelTrainer:
         # mode, batch statistics flipped 7.8% of the code cells of a cpu run's batches).
         with in_mode(encoder, False), torch.set_grad_enabled(torch.is_grad_enabled() and not d.stop_embedding_grad):
             z_e = encoder(obs.flatten(0, 1)).float()  # (B * T, D, 6, 6)
-        codes = codebook.lookup(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
-        z_q = z_e + (codebook.embed(codes) - z_e).detach()  # straight-through into the encoder
+        codes, z = codebook.quantize(z_e.detach())  # (B * T, 6, 6): no EMA update from these batches
+        z_q = z_e + (z - z_e).detach()  # straight-through into the encoder
         return dynamics_loss(
             self.system.dynamics, codebook.embed, z_q.view(B, T, *z_q.shape[1:]), codes.view(B, T, *codes.shape[1:]),
             seq["actions"], seq["rewards"], seq["first"], self.cfg, life_lost=seq["life_lost"])
