@@ -81,19 +81,9 @@ def info(
     if as_json:
         print_json(report)
         return
-    from rich.table import Table
+    from dlswm.runtime.report import info_table
 
-    table = Table(title=f"dlswm {cfg.preset} on {atari.name} ({atari.num_actions} actions)")
-    table.add_column("component")
-    table.add_column("parameters", justify="right")
-    table.add_column("at inference", justify="center")
-    for name, count in summary["components"].items():
-        table.add_row(name, f"{count:,}", "yes" if name in summary["inference_components"] else "")
-    table.add_section()
-    table.add_row("training total", f"{summary['training_params']:,}", "")
-    table.add_row("inference total", f"{summary['inference_params']:,}", "")
-    table.add_row("inference MACs (batch 1)", f"{summary['inference_macs']:,}", "")
-    console().print(table)
+    console().print(info_table(report))
 
 
 TorchThreadsOption = Annotated[int | None, typer.Option(
@@ -161,18 +151,9 @@ def profile(
     check_outputs({"--json": json_out})
     result = run_profile(cfg, pick_device(device.value), batches, eval_steps,
                          progress=lambda msg: console(stderr=True).log(f"timing {msg}"), threads=threads)
-    from rich.table import Table
+    from dlswm.runtime.report import profile_table
 
-    table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['speed']}")
-    for col in ("phase", "timed", "per second", "GFLOP/s", "whole schedule", "projected h"):
-        table.add_column(col, justify="left" if col == "phase" else "right")
-    for r in result["rows"]:
-        table.add_row(r["phase"], f"{r['measured_units']:,} {r['unit']} in {r['seconds']:.2f} s", f"{r['per_s']:,.1f}",
-                      "-" if r["gflops"] is None else f"{r['gflops']:,.0f}",
-                      f"{r['schedule_units']:,.0f}", f"{r['projected_s'] / 3600:.2f}")
-    table.add_section()
-    table.add_row("total", "", "", "", "", f"{result['projected_total_s'] / 3600:.2f}")
-    console().print(table)
+    console().print(profile_table(result))
     typer.echo(f"world model {result['wm_sample_steps_per_s']:,.0f} sample-steps/s, imagination "
                f"{result['imagined_steps_per_s']:,.0f} imagined steps/s; evaluation assumes {eval_steps:,} steps a game")
     if json_out is not None:
@@ -332,10 +313,10 @@ def export(
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) as ONNX, with a parity report."""
     require_torch("export")
-    from rich.table import Table
 
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
+    from dlswm.runtime.report import export_table
 
     log = console(stderr=True)
     with log.status("loading the run") as status:
@@ -345,18 +326,7 @@ def export(
 
         report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_overlap,
                             allow_low_agreement, progress=progress)
-    table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
-                        f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "
-                        f"{report['inference_macs'] / 1e6:.1f}M MACs")
-    for column in ["variant", "MB", "fp32 layers", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
-                   "written"]:
-        table.add_column(column, justify="left" if column in ("variant", "written") else "right")
-    for row in report["variants"]:
-        table.add_row(row["variant"], f"{row['size_mb']:.2f}", str(len(row["fp32_layers"])) if "tries" in row else "-",
-                      f"{row['action_agreement']:.3f}",
-                      f"{row['policy_overlap']:.3f}", f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
-                      f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
-    console().print(table)
+    console().print(export_table(report))
     for row in report["variants"]:
         typer.echo(f"{row['variant']}: " + " ".join(filter(None, [row["written"] and row["path"], row.get("reason")])))
     typer.echo(f"report: {report['report']}")

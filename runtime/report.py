@@ -1,4 +1,5 @@
-"""Result tables, one per run: rich for the terminal, Markdown for README and issues."""
+"""Result tables, one per command's result: rich for the terminal, Markdown for README and issues.
+They read plain result dicts, so this module stays torch-free."""
 
 from __future__ import annotations
 
@@ -83,3 +84,48 @@ def bench_markdown(rows: list[dict[str, Any]]) -> str:
              "|" + "|".join("---" if k in ("machine", "variant") else "---:" for _, k, _ in BENCH_COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(row, BENCH_COLUMNS)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def info_table(report: dict[str, Any]) -> Table:
+    """`dlswm info`: parameters of every network, the totals and the inference MACs."""
+    table = Table(title=f"dlswm {report['preset']} on {report['game']} ({report['num_actions']} actions)")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    table.add_column("at inference", justify="center")
+    for name, count in report["components"].items():
+        table.add_row(name, f"{count:,}", "yes" if name in report["inference_components"] else "")
+    table.add_section()
+    table.add_row("training total", f"{report['training_params']:,}", "")
+    table.add_row("inference total", f"{report['inference_params']:,}", "")
+    table.add_row("inference MACs (batch 1)", f"{report['inference_macs']:,}", "")
+    return table
+
+
+def profile_table(result: dict[str, Any]) -> Table:
+    """`dlswm profile`: each phase timed, its rate, and the whole schedule projected."""
+    table = Table(title=f"dlswm profile: {result['game']}, preset {result['preset']}, {result['speed']}")
+    for col in ("phase", "timed", "per second", "GFLOP/s", "whole schedule", "projected h"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for r in result["rows"]:
+        table.add_row(r["phase"], f"{r['measured_units']:,} {r['unit']} in {r['seconds']:.2f} s", f"{r['per_s']:,.1f}",
+                      "-" if r["gflops"] is None else f"{r['gflops']:,.0f}",
+                      f"{r['schedule_units']:,.0f}", f"{r['projected_s'] / 3600:.2f}")
+    table.add_section()
+    table.add_row("total", "", "", "", "", f"{result['projected_total_s'] / 3600:.2f}")
+    return table
+
+
+def export_table(report: dict[str, Any]) -> Table:
+    """`dlswm export`: each variant's size, float layers, agreement with torch and latency."""
+    table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
+                        f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "
+                        f"{report['inference_macs'] / 1e6:.1f}M MACs")
+    for column in ["variant", "MB", "fp32 layers", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
+                   "written"]:
+        table.add_column(column, justify="left" if column in ("variant", "written") else "right")
+    for row in report["variants"]:
+        table.add_row(row["variant"], f"{row['size_mb']:.2f}", str(len(row["fp32_layers"])) if "tries" in row else "-",
+                      f"{row['action_agreement']:.3f}",
+                      f"{row['policy_overlap']:.3f}", f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
+                      f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
+    return table
