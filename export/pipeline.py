@@ -32,7 +32,7 @@ from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.contract import action_probs, io_spec, output_shapes
-from dlswm.runtime.session import open_agent
+from dlswm.runtime.session import Agent, open_agent
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.checkpoint import RunState
 
@@ -101,18 +101,17 @@ def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibratio
     )
 
 
-def _agreement(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
+def _agreement(agent: Agent, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
     """Agreement with torch fp32 on held-out frames.
 
     `policy_overlap`, the gate, is for the agent as it plays, sampling at the eval temperature: sum
     over actions of min(p_torch, p_variant), i.e. 1 - total variation, the chance that both pick the
     same action under the best coupling. As the temperature goes to 0 it becomes greedy agreement,
     which at a finite temperature also counts flips between near-tied actions in full."""
-    agent = open_agent(path, threads=1)
     outputs = agent.outputs(held_out)
     shapes = output_shapes(Config.from_dict(agent.card.config), agent.card.num_actions)
     if [o.shape[1:] for o in outputs] != list(shapes.values()):  # the graph breaks the runtime's contract
-        raise RuntimeError(f"{path}: outputs {[o.shape for o in outputs]}, the contract says (batch, ...) {shapes}")
+        raise RuntimeError(f"{agent.path}: outputs {[o.shape for o in outputs]}, the contract says (batch, ...) {shapes}")
     logits, _, codes = outputs
     overlap = np.minimum(action_probs(logits, temperature), action_probs(reference[0], temperature)).sum(1)
     return {"action_agreement": float((logits.argmax(1) == reference[0].argmax(1)).mean()),
@@ -123,9 +122,9 @@ def _agreement(path: Path, reference: list[np.ndarray], held_out: np.ndarray, te
 
 def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float) -> dict[str, Any]:
     """`_agreement`, the file's size and its batch-1 latency on one thread."""
-    agent = open_agent(path, threads=1)
+    agent = open_agent(path, threads=1)  # one session for both measures
     latency = percentiles(time_calls(lambda: agent.outputs(held_out[:1]), warmup=20, duration_s=1.0))
-    return {**_agreement(path, reference, held_out, temperature), "size_mb": path.stat().st_size / 1e6,
+    return {**_agreement(agent, reference, held_out, temperature), "size_mb": path.stat().st_size / 1e6,
             "latency_batch1_1thread": latency}
 
 
@@ -156,7 +155,8 @@ def _gated(variant: Variant, fp32: onnx.ModelProto, calibration: np.ndarray, thr
         ranked: list[tuple[str, float]] = []
         if row["policy_overlap"] < threshold:
             ranked = quantizer.sensitivity(
-                lambda model: _agreement(staged_as(model, []), reference, held_out, temperature)["policy_overlap"], progress)
+                lambda model: _agreement(open_agent(staged_as(model, []), threads=1), reference, held_out,
+                                         temperature)["policy_overlap"], progress)
             for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
                 keep = [layer for layer, _ in ranked[:k]]
                 progress(f"{variant.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
