@@ -305,15 +305,17 @@ def report(
 def export(
     run: Annotated[Path, typer.Argument(help="Training run directory (or its checkpoint.pt).")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default="RUN/export")] = None,
-    variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm.")] = "fp32,int8",
+    variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm (onnx), bf16 (openvino); each format writes those it offers.")] = "fp32,int8",
+    formats: Annotated[str, typer.Option(help="Comma-separated: onnx, openvino, litert, executorch (the last three: pip install 'dlswm[export]').")] = "onnx",
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
     min_overlap: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Policy overlap with torch (chance of the same sampled action) a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
     allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the overlap threshold anyway.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
-    """Write the ~3M-parameter agent (encoder + codebook + policy) as ONNX, with a parity report."""
+    """Write the ~3M-parameter agent (encoder + codebook + policy) for each runtime, with a parity report."""
     require_torch("export")
 
+    from dlswm.export.formats import parse_formats
     from dlswm.export.pipeline import export_run
     from dlswm.export.variants import parse_variants
     from dlswm.runtime.report import export_table
@@ -325,17 +327,20 @@ def export(
             status.update(message)
 
         report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_overlap,
-                            allow_low_agreement, progress=progress)
+                            allow_low_agreement, progress=progress, formats=parse_formats(formats))
     console().print(export_table(report))
     for row in report["variants"]:
-        typer.echo(f"{row['variant']}: " + " ".join(filter(None, [row["written"] and row["path"], row.get("reason")])))
+        typer.echo(f"{row.get('format', 'onnx')} {row['variant']}: " + " ".join(filter(None, [row["written"] and row["path"], row.get("reason")])))
     typer.echo(f"report: {report['report']}")
     if not all(row["written"] for row in report["variants"]):  # a script or CI must not miss it
         raise UserError("not every variant was written: see above", code=1)
 
 
 MAX_THREADS = 256
-ThreadsOption = Annotated[int, typer.Option(min=1, max=MAX_THREADS, help="onnxruntime intra-op threads.")]
+ThreadsOption = Annotated[int, typer.Option(min=1, max=MAX_THREADS, help="The runtime's intra-op threads.")]
+RuntimeOption = Annotated[str | None, typer.Option(
+    help="onnxruntime, openvino, litert or executorch (the last three are extras).", show_default="by the file: "
+    ".onnx onnxruntime, .xml openvino, .tflite litert, .pte executorch")]
 
 
 def parse_thread_counts(text: str) -> list[int]:
@@ -355,7 +360,7 @@ def check_temperature(temperature: float) -> float:
     if temperature != 0 and not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
         raise UserError(f"--temperature must be 0 (greedy) or from 0.01 to 100, got {temperature}")
     return temperature
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or any execution provider the installed onnxruntime has.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu; with onnxruntime also cuda or any execution provider it has, with openvino gpu or npu.")]
 
 
 @app.command()
@@ -366,6 +371,7 @@ def play(
     episodes: Annotated[int, typer.Option(help="Full games to play.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the no-op starts and of action sampling.")] = 0,
     threads: ThreadsOption = 1,
+    runtime: RuntimeOption = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature, 0 = greedy.", show_default="the model's eval temperature")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cut each episode after this many steps (the protocol's cap is 27,000).")] = None,
     record: Annotated[Path | None, typer.Option(help="Write the played frames as an animated GIF.")] = None,
@@ -388,7 +394,7 @@ def play(
         check_temperature(temperature)
     if model is not None and game is not None:
         raise UserError("give a model or --game (its shipped agent), not both")
-    agent = open_agent(model or default_agent(game), device, threads)
+    agent = open_agent(model or default_agent(game), device, threads, runtime)
     if temperature is None:
         temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
     check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line
@@ -411,6 +417,7 @@ def play(
 def bench(
     files: Annotated[list[Path], typer.Argument(help="Agents exported by `dlswm export` (with --compare: bench JSON results).")],
     threads: Annotated[str, typer.Option(help="Comma-separated thread counts to measure.")] = "1",
+    runtime: RuntimeOption = None,
     batch: Annotated[int, typer.Option(help="Frame stacks per call.")] = 1,
     warmup: Annotated[int, typer.Option(help="Untimed calls before measuring.")] = 50,
     duration: Annotated[float, typer.Option(help="Seconds of timed calls per variant.")] = 3.0,
@@ -439,7 +446,7 @@ def bench(
             raise UserError(f"--duration must be a number of seconds in (0, 3600], got {duration}")
         log = console(stderr=True)
         result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run, peak,
-                                 progress=lambda msg: log.log(f"measuring {msg}"))
+                                 progress=lambda msg: log.log(f"measuring {msg}"), runtime=runtime)
         row = result["rows"][0]
         title = (f"dlswm bench: {result['game']}, {row['params']:,} params, {row['mmacs']:.1f}M MACs, "
                  f"batch {batch}, {result['machine']['cpu']}")

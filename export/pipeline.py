@@ -1,4 +1,5 @@
-"""`dlswm export`: a training run -> the agent as fp32 / int8 ONNX files and a measured parity report.
+"""`dlswm export`: a training run -> the agent in each format (formats.py), fp32 / bf16 / int8, and a
+measured parity report.
 
 Decoder and dynamics are dropped: only encoder + codebook lookup + policy are written. Every variant
 is measured against the torch fp32 policy on held-out real frames (never seen by calibration), and
@@ -14,24 +15,25 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-import onnx
 import torch
 
 import dlswm
 from dlswm.atomic import atomic_write_bytes
 from dlswm.config import Config
 from dlswm.errors import UserError
-from dlswm.export.onnx_graph import attach_card, save_model, to_onnx
+from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
-from dlswm.export.variants import Quantizer, Variant
+from dlswm.export.formats import FORMATS, Format, maker
+from dlswm.export.variants import Variant, sensitivity
 from dlswm.models.summary import summarize
 from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.contract import action_probs, io_spec, output_shapes
+from dlswm.runtime.runtimes import file_mb, model_files
 from dlswm.runtime.session import Agent, open_agent
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.checkpoint import RunState
@@ -83,18 +85,18 @@ def _frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, 
     return buffer.observations(np.sort(idx[:calibration])), buffer.observations(np.sort(idx[-held_out:]))
 
 
-def _card(state: RunState, summary: dict[str, Any], variant: Variant, calibration_frames: int,
-          fp32_layers: list[str]) -> ModelCard:
+def _card(state: RunState, summary: dict[str, Any], variant: Variant, fmt: Format,
+          quantization: dict[str, Any]) -> ModelCard:
     cfg, game = state.config, state.game
     inputs, outputs = io_spec(cfg)
     return ModelCard(
         inputs=inputs, outputs=outputs,
         game=game.name, action_ids=list(game.action_ids), action_meanings=list(game.action_meanings),
-        env=cfg.to_dict()["env"], variant=variant.name, quantization=variant.settings(calibration_frames, fp32_layers),
+        env=cfg.to_dict()["env"], variant=variant.name, quantization=quantization,
         params=summary["inference_params"], macs=summary["inference_macs"],
         provenance={"config_digest": cfg.digest(), "iteration": state.iteration, "real_steps": state.real_steps,
                     "train_wall_s": state.wall_s,
-                    "seed": cfg.seed, "eval": state.eval, "preset": cfg.preset,
+                    "seed": cfg.seed, "eval": state.eval, "preset": cfg.preset, "format": fmt.name,
                     "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "dlswm_version": dlswm.__version__},
         config=cfg.to_dict(),
@@ -124,21 +126,22 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
     """`_agreement`, the file's size and its batch-1 latency on one thread."""
     agent = open_agent(path, threads=1)  # one session for both measures
     latency = percentiles(time_calls(lambda: agent.outputs(held_out[:1]), warmup=20, duration_s=1.0))
-    return {**_agreement(agent, reference, held_out, temperature), "size_mb": path.stat().st_size / 1e6,
+    return {**_agreement(agent, reference, held_out, temperature), "size_mb": file_mb(path),
             "latency_batch1_1thread": latency}
 
 
-def _gated(variant: Variant, fp32: onnx.ModelProto, calibration: np.ndarray, threshold: float, state: RunState,
-           summary: dict[str, Any], staged: Path, reference: list[np.ndarray], held_out: np.ndarray,
-           temperature: float, progress: Any) -> dict[str, Any]:
-    """Make `variant` and measure it. A quantized one that misses the gate is made again with its
-    most sensitive layers in fp32, one more at a time, until a try passes (variants.py says how they
-    are ranked); the row then holds every try and the ranking. The last try is left at `staged`."""
-    def staged_as(model: onnx.ModelProto, fp32_layers: list[str]) -> Path:
-        save_model(attach_card(model, _card(state, summary, variant, len(calibration), fp32_layers)), staged)
+def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[str, Any]], ModelCard],
+           staged: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float,
+           progress: Any) -> dict[str, Any]:
+    """Make `variant` with its format's maker (formats.py) and measure it. A quantized one that
+    misses the gate is made again with its most sensitive layers in fp32, one more at a time, until
+    a try passes (variants.py says how they are ranked); the row then holds every try and the
+    ranking. The last try is left at `staged`."""
+    def staged_as(model: Any, fp32_layers: list[str]) -> Path:
+        make.save(model, card(make.settings(fp32_layers)), staged)
         return staged
 
-    def measured(model: onnx.ModelProto, fp32_layers: list[str]) -> dict[str, Any]:
+    def measured(model: Any, fp32_layers: list[str]) -> dict[str, Any]:
         row = {**_parity(staged_as(model, fp32_layers), reference, held_out, temperature), "fp32_layers": fp32_layers}
         if variant.quantized:
             tries.append({"fp32_layers": fp32_layers, "policy_overlap": row["policy_overlap"],
@@ -147,28 +150,32 @@ def _gated(variant: Variant, fp32: onnx.ModelProto, calibration: np.ndarray, thr
 
     tries: list[dict[str, Any]] = []
     if not variant.quantized:
-        progress(f"{variant.name}: measuring")
-        return measured(onnx.ModelProto.FromString(fp32.SerializeToString()), [])
-    with Quantizer(fp32, variant, calibration) as quantizer:
-        progress(f"{variant.name}: calibrating and quantizing, then measuring")
-        row = measured(quantizer.make(), [])
-        ranked: list[tuple[str, float]] = []
-        if row["policy_overlap"] < threshold:
-            ranked = quantizer.sensitivity(
-                lambda model: _agreement(open_agent(staged_as(model, []), threads=1), reference, held_out,
-                                         temperature)["policy_overlap"], progress)
-            for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
-                keep = [layer for layer, _ in ranked[:k]]
-                progress(f"{variant.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
-                row = measured(quantizer.make(keep), keep)
-                if row["policy_overlap"] >= threshold:
-                    break
+        progress(f"{staged.name}: converting and measuring")
+        return measured(make.make(), [])
+    progress(f"{staged.name}: calibrating and quantizing, then measuring")
+    row = measured(make.make(), [])
+    ranked: list[tuple[str, float]] = []
+    if row["policy_overlap"] < threshold:
+        ranked = sensitivity(make.layers, lambda layer: _agreement(
+            open_agent(staged_as(make.make([layer]), []), threads=1), reference, held_out, temperature)["policy_overlap"],
+            lambda i, layer: progress(f"{staged.name}: sensitivity of layer {i}/{len(make.layers)} ({layer})"))
+        for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
+            keep = [layer for layer, _ in ranked[:k]]
+            progress(f"{staged.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
+            row = measured(make.make(keep), keep)
+            if row["policy_overlap"] >= threshold:
+                break
     return {**row, "tries": tries, "sensitivity": [{"layer": layer, "policy_overlap": overlap} for layer, overlap in ranked]}
 
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
                force: bool, min_overlap: float | None, allow_low_agreement: bool,
-               progress: Any = print) -> dict[str, Any]:
+               progress: Any = print, formats: list[Format] | None = None) -> dict[str, Any]:
+    formats = formats or [FORMATS["onnx"]]
+    jobs = [(f, v) for f in formats for v in variants if v.name in f.variants]
+    if not jobs:
+        raise UserError(f"none of the variants {', '.join(v.name for v in variants)} is offered by "
+                        + "; ".join(f"{f.name} ({', '.join(f.variants)})" for f in formats))
     run_dir = _run_dir(run)
     state = RunState.load(run)
     cfg = state.config
@@ -176,8 +183,9 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
     out_dir = _writable_dir(out_dir or run_dir / "export")  # created only once the inputs are known good
     stem = state.game.name.lower()
-    targets = {v.name: out_dir / f"{stem}.{v.name}.onnx" for v in variants}
-    existing = [str(p) for p in [*targets.values(), out_dir / REPORT_NAME] if p.exists()]
+    targets = {(f.name, v.name): out_dir / f"{stem}.{v.name}{f.suffix}" for f, v in jobs}
+    existing = [str(p) for t in targets.values() for p in model_files(t) if p.exists()]
+    existing += [str(out_dir / REPORT_NAME)] if (out_dir / REPORT_NAME).exists() else []
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to replace it")
 
@@ -186,18 +194,24 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     agent = system.inference_agent().eval()
     with torch.no_grad():
         reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
-    progress("exporting the inference path to ONNX")
+    progress("exporting the inference path to ONNX")  # the onnx and openvino formats' source, and the parameter count
     fp32 = to_onnx(agent, held_out.shape[1:])
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
     try:
-        for variant in variants:
+        for fmt, variant in jobs:
             threshold = variant.min_overlap if min_overlap is None else min_overlap
-            row = _gated(variant, fp32, calibration, threshold, state, summary, staging / targets[variant.name].name,
-                         reference, held_out, cfg.policy.eval_temperature, progress)
+            target = targets[(fmt.name, variant.name)]
+            make = maker(fmt, variant, fp32, agent, calibration)
+            try:
+                row = _gated(variant, make, threshold, lambda q: _card(state, summary, variant, fmt, q),
+                             staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress)
+            finally:
+                make.close()
             below = row["policy_overlap"] < threshold
-            row = {"variant": variant.name, "path": str(targets[variant.name]), "description": variant.description,
-                   **row, "threshold": threshold, "below_threshold": below, "written": not below or allow_low_agreement}
+            row = {"format": fmt.name, "runtime": fmt.runtime, "variant": variant.name, "path": str(target),
+                   "description": variant.description, **row, "size_mb": file_mb(staging / target.name),
+                   "threshold": threshold, "below_threshold": below, "written": not below or allow_low_agreement}
             if below:
                 row["reason"] = f"policy overlap {row['policy_overlap']:.3f} < {threshold}" + (
                     f" with up to {len(row['fp32_layers'])} layers in fp32" if variant.quantized else "") + ": " + (
@@ -205,10 +219,15 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
                     else "not written (--allow-low-agreement writes it anyway)")
             rows.append(row)
         for row in rows:
+            target = Path(row["path"])
+            for staged, final in zip(model_files(staging / target.name), model_files(target)):
+                if row["written"]:  # companions first: the main file never appears without them
+                    if staged != staging / target.name:
+                        os.replace(staged, final)
+                else:  # with --force, an older export of this variant would otherwise pass for the new one
+                    final.unlink(missing_ok=True)
             if row["written"]:
-                os.replace(staging / targets[row["variant"]].name, targets[row["variant"]])
-            else:  # with --force, an older export of this variant would otherwise pass for the new one
-                targets[row["variant"]].unlink(missing_ok=True)
+                os.replace(staging / target.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report = {"run": str(run_dir), "game": state.game.name, "iteration": state.iteration,

@@ -1,4 +1,4 @@
-"""The export formats, as data: each variant is one ONNX file made from the fp32 graph.
+"""The export variants, as data: what precision one file of a format computes in (formats.py).
 
 Quantized variants are static QDQ, calibrated on real game frames (dynamic int8 turns Conv into
 ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast path on x86 VNNI),
@@ -7,7 +7,7 @@ output stays fp32: the encoder's last 1x1 projection, whose output picks the cod
 logits and value heads (0.3% of the MACs). docs/int8.md has the measurements behind these choices.
 
 When a quantized variant misses the parity gate, the layers are ranked by their measured effect
-(`Quantizer.sensitivity`: the policy overlap with each one alone back in fp32) and the most
+(`sensitivity`: the policy overlap with each one alone back in fp32) and the most
 sensitive are kept in fp32, one more at a time, until a try passes, as NNCF's accuracy-controlled
 quantization does: the fewest float layers that pass, not a fixed order.
 """
@@ -59,6 +59,8 @@ class Variant:
 
 VARIANTS = {v.name: v for v in [
     Variant("fp32", "float32, BatchNorm folded", min_overlap=0.999),
+    # Not quantized: the fp32 file, computed in bfloat16 where the runtime offers it (OpenVINO).
+    Variant("bf16", "float32 weights, bfloat16 compute (OpenVINO on CPUs with bf16)", min_overlap=0.99),
     Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights (x86 VNNI)", "QUInt8", "QInt8"),
     Variant("int8-arm", "static QDQ, int8 activations / int8 per-channel weights (ARM)", "QInt8", "QInt8"),
 ]}
@@ -155,11 +157,13 @@ class Quantizer:
             return {"calibration_cache_path": str(self._cache)}
         return {}
 
-    def sensitivity(self, overlap: Callable[[onnx.ModelProto], float], progress: Callable[[str], None]
-                    ) -> list[tuple[str, float]]:
-        """Each layer's policy overlap with it alone in fp32, most sensitive (highest) first."""
-        scores = []
-        for i, layer in enumerate(self.layers, 1):
-            progress(f"{self.variant.name}: sensitivity of layer {i}/{len(self.layers)} ({layer})")
-            scores.append((layer, overlap(self.make([layer]))))
-        return sorted(scores, key=lambda item: -item[1])
+
+def sensitivity(layers: Sequence[str], overlap: Callable[[str], float], progress: Callable[[int, str], None]
+                ) -> list[tuple[str, float]]:
+    """Each layer's policy overlap with it alone in fp32 (`overlap(layer)`), most sensitive (highest)
+    first: the same ranking for every format's quantizer."""
+    scores = []
+    for i, layer in enumerate(layers, 1):
+        progress(i, layer)
+        scores.append((layer, overlap(layer)))
+    return sorted(scores, key=lambda item: -item[1])

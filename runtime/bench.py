@@ -21,6 +21,7 @@ from dlswm.runtime.atari import make_env
 from dlswm.runtime.machine import machine
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.peak import matmul_peak_gmacs
+from dlswm.runtime.runtimes import file_mb
 from dlswm.runtime.session import open_agent
 
 FRAMES = 256  # real observations for the action-agreement column
@@ -57,10 +58,10 @@ def _measure(kind: str, target: Path, threads: int, batch: int, warmup: int, dur
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _row(label: str, variant: str, threads: int, batch: int, card: ModelCard, size_mb: float | None,
+def _row(label: str, runtime: str, variant: str, threads: int, batch: int, card: ModelCard, size_mb: float | None,
          result: dict[str, Any]) -> dict[str, Any]:
     lat = result["latency"]
-    return {"machine": label, "variant": variant, "threads": threads, "batch": batch, "size_mb": size_mb,
+    return {"machine": label, "runtime": runtime, "variant": variant, "threads": threads, "batch": batch, "size_mb": size_mb,
             "params": card.params, "mmacs": card.macs / 1e6, **lat,
             "inferences_per_s": result["inferences_per_s"],
             "gmacs_per_s": card.macs * batch / (lat["p50_ms"] / 1e3) / 1e9,
@@ -81,12 +82,15 @@ def check_same_agent(run: Path, card: ModelCard, source: str) -> None:
 
 
 def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
-          torch_run: Path | None, peak: bool = False, progress=lambda msg: None) -> dict[str, Any]:
+          torch_run: Path | None, peak: bool = False, progress=lambda msg: None,
+          runtime: str | None = None) -> dict[str, Any]:
+    """Every file on its runtime (or all on `runtime`), side by side, each (file, threads) in a
+    fresh process."""
     if not models:
-        raise UserError("give at least one MODEL.onnx")
+        raise UserError("give at least one agent file")
     if any(t < 1 for t in threads) or batch < 1 or duration <= 0 or warmup < 0:
         raise UserError("--threads and --batch must be at least 1, --duration positive, --warmup not negative")
-    agents = [open_agent(m) for m in models]  # validates every file before any measurement
+    agents = [open_agent(m, runtime=runtime) for m in models]  # validates every file before any measurement
     card = agents[0].card
     for a in agents[1:]:
         if (a.card.game, a.card.action_ids, a.card.env) != (card.game, card.action_ids, card.env):
@@ -103,13 +107,13 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
         np.save(frames_path, real_frames(card, max(FRAMES, batch)))
         for t in threads:
             for a in agents:
-                progress(f"{a.card.variant} ({a.path.name}), {t} thread(s)")
-                result = _measure("onnx", a.path, t, batch, warmup, duration, frames_path)
-                rows.append(_row(label, a.card.variant, t, batch, a.card, a.path.stat().st_size / 1e6, result))
+                progress(f"{a.card.variant} ({a.path.name}) on {a.runtime}, {t} thread(s)")
+                result = _measure(a.runtime, a.path, t, batch, warmup, duration, frames_path)
+                rows.append(_row(label, a.runtime, a.card.variant, t, batch, a.card, file_mb(a.path), result))
             if torch_run is not None:
                 progress(f"torch eager fp32 ({torch_run}), {t} thread(s)")
                 result = _measure("torch", torch_run, t, batch, warmup, duration, frames_path)
-                rows.append(_row(label, "torch-fp32", t, batch, card, None, result))
+                rows.append(_row(label, "torch", "torch-fp32", t, batch, card, None, result))
     _relate(rows)
     peaks = {}
     if peak:

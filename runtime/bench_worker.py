@@ -1,7 +1,7 @@
 """One measurement in a fresh process, so its peak memory is its own: prints one JSON line.
 
-python -m dlswm.runtime.bench_worker onnx MODEL.onnx THREADS BATCH WARMUP DURATION FRAMES.npy
-python -m dlswm.runtime.bench_worker torch RUN_DIR    THREADS BATCH WARMUP DURATION FRAMES.npy
+python -m dlswm.runtime.bench_worker RUNTIME MODEL_FILE THREADS BATCH WARMUP DURATION FRAMES.npy
+python -m dlswm.runtime.bench_worker torch   RUN_DIR    THREADS BATCH WARMUP DURATION FRAMES.npy
 The torch kind is the baseline a user would otherwise run: the same weights in torch eager fp32.
 """
 
@@ -17,10 +17,10 @@ from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.machine import peak_rss_mb
 
 
-def _onnx(model: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _agent(runtime: str, model: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     from dlswm.runtime.session import open_agent
 
-    return open_agent(model, threads=threads).logits
+    return open_agent(model, threads=threads, runtime=runtime).logits
 
 
 def _torch(run_dir: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -41,7 +41,7 @@ def _torch(run_dir: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
 def main(argv: list[str]) -> None:
     kind, target, threads, batch, warmup, duration, frames_path = argv
     frames = np.load(frames_path, allow_pickle=False)
-    logits = (_onnx if kind == "onnx" else _torch)(target, int(threads))
+    logits = _torch(target, int(threads)) if kind == "torch" else _agent(kind, target, int(threads))
     x = frames[: int(batch)]
     samples = time_calls(lambda: logits(x), int(warmup), float(duration))
     result = {"latency": percentiles(samples), "calls": len(samples),

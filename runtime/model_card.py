@@ -50,7 +50,7 @@ class ModelCard:
     def from_metadata(cls, metadata: dict[str, str], source: str) -> ModelCard:
         """From an ONNX custom metadata map; a clear UserError when it is not a dlswm agent."""
         if METADATA_KEY not in metadata:
-            raise UserError(f"{source} is an ONNX model but not a dlswm agent (no '{METADATA_KEY}' metadata)")
+            raise UserError(f"{source} is a model but not a dlswm agent (no '{METADATA_KEY}' metadata)")
         try:
             data = json.loads(metadata[METADATA_KEY])
             version = int(data.get("format_version", 0))

@@ -24,6 +24,7 @@ from dlswm.runtime.latency import percentiles
 from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
 from dlswm.runtime.contract import action_probs, choose  # noqa: F401 (action_probs: re-exported)
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
+from dlswm.runtime.runtimes import RUNTIMES, file_mb
 from dlswm.runtime.session import Agent
 
 
@@ -140,11 +141,11 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
     total_s = float(np.sum(run.step_s))
     report = {
         "dlswm_version": dlswm.__version__,
-        "model": {"path": str(agent.path), "size_mb": agent.path.stat().st_size / 1e6, "game": card.game,
+        "model": {"path": str(agent.path), "size_mb": file_mb(agent.path), "game": card.game,
                   "variant": card.variant, "params": card.params, "macs": card.macs,
                   "provenance": card.provenance},
         "settings": {"episodes": episodes, "seed": seed, "temperature": temperature, "max_steps": max_steps,
-                     "device": agent.session.get_providers()[0], "threads": agent.threads},
+                     "runtime": agent.runtime, "runtime_version": RUNTIMES[agent.runtime].version(), "device": agent.device, "threads": agent.threads},
         "episodes": run.results,
         "score": run.score(),
         "latency_model": percentiles(np.array(run.model_s) * 1e3),

@@ -12,7 +12,7 @@ from rich.table import Table
 def play_table(report: dict[str, Any]) -> Table:
     m, s = report["model"], report["settings"]
     table = Table(title=f"dlswm play: {m['game']} {m['variant']} ({m['size_mb']:.2f} MB), "
-                        f"{s['device']}, {s['threads']} thread(s), temperature {s['temperature']}")
+                        f"{s.get('runtime', 'onnxruntime')} {s['device']}, {s['threads']} thread(s), temperature {s['temperature']}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     sc = report["score"]
@@ -26,7 +26,7 @@ def play_table(report: dict[str, Any]) -> Table:
         ("peak RSS MB", f"{report['memory']['peak_rss_mb']:.1f}"),
         ("RSS after each episode MB", " ".join(f"{x:.1f}" for x in report["memory"]["rss_after_episode_mb"][:12])),
         ("CPU", escape(f"{report['machine']['cpu']} [{' '.join(report['machine']['flags'])}]")),
-        ("onnxruntime", report["machine"]["onnxruntime"]),
+        (s.get("runtime", "onnxruntime"), s.get("runtime_version", report["machine"]["onnxruntime"])),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -52,13 +52,14 @@ def _ms(lat: dict[str, float]) -> str:
 
 
 BENCH_COLUMNS = [  # (header, row key, format)
-    ("machine", "machine", "{}"), ("variant", "variant", "{}"), ("thr", "threads", "{}"),
+    ("machine", "machine", "{}"), ("runtime", "runtime", "{}"), ("variant", "variant", "{}"), ("thr", "threads", "{}"),
     ("MB", "size_mb", "{:.2f}"), ("params", "params", "{:,}"), ("MMACs", "mmacs", "{:.1f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("p99 ms", "p99_ms", "{:.3f}"),
     ("inf/s", "inferences_per_s", "{:.0f}"), ("GMAC/s", "gmacs_per_s", "{:.1f}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"), ("agree", "agreement", "{:.3f}"), ("speed-up", "speedup", "{:.2f}x"),
     ("x floor", "x_floor", "{:.2f}"),
 ]
+TEXT_COLUMNS = ("machine", "runtime", "variant")
 # A terminal is ~80 columns: the model's size columns are in the title, the machine only when merged.
 TERMINAL_DROP = {"params", "mmacs"}
 
@@ -73,7 +74,7 @@ def bench_table(rows: list[dict[str, Any]], title: str) -> Table:
     columns = [c for c in BENCH_COLUMNS if c[1] not in drop]
     table = Table(title=title)
     for header, key, _ in columns:
-        table.add_column(header, justify="left" if key in ("machine", "variant") else "right")
+        table.add_column(header, justify="left" if key in TEXT_COLUMNS else "right")
     for row in rows:
         table.add_row(*_cells(row, columns))
     return table
@@ -81,7 +82,7 @@ def bench_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(h for h, _, _ in BENCH_COLUMNS) + " |",
-             "|" + "|".join("---" if k in ("machine", "variant") else "---:" for _, k, _ in BENCH_COLUMNS) + "|"]
+             "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for _, k, _ in BENCH_COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(row, BENCH_COLUMNS)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -120,11 +121,11 @@ def export_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"dlswm export: {report['game']}, iteration {report['iteration']}, "
                         f"{report['inference_params']:,} parameters ({report['graph_params']:,} in the graph), "
                         f"{report['inference_macs'] / 1e6:.1f}M MACs")
-    for column in ["variant", "MB", "fp32 layers", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
+    for column in ["format", "variant", "MB", "fp32 layers", "act agree", "policy overlap", "code agree", "max dlogit", "p50 ms",
                    "written"]:
-        table.add_column(column, justify="left" if column in ("variant", "written") else "right")
+        table.add_column(column, justify="left" if column in ("format", "variant", "written") else "right")
     for row in report["variants"]:
-        table.add_row(row["variant"], f"{row['size_mb']:.2f}", str(len(row["fp32_layers"])) if "tries" in row else "-",
+        table.add_row(row.get("format", "onnx"), row["variant"], f"{row['size_mb']:.2f}", str(len(row["fp32_layers"])) if "tries" in row else "-",
                       f"{row['action_agreement']:.3f}",
                       f"{row['policy_overlap']:.3f}", f"{row['code_agreement']:.3f}", f"{row['max_logit_diff']:.4f}",
                       f"{row['latency_batch1_1thread']['p50_ms']:.3f}", "yes" if row["written"] else "NO")
