@@ -10,11 +10,14 @@ ExecuTorch: what a board runs) are called once per frame stack for a larger batc
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -77,8 +80,26 @@ def _sidecar(path: Path) -> dict[str, str]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+    """The first line of an exception that says something: OpenVINO's begin with source locations."""
+    lines = [line.strip() for line in str(e).splitlines()
+             if line.strip() and not line.startswith(("Exception from src/", "Check '"))]
+    return (lines[0] if lines else type(e).__name__)[:160]
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Log lines of the runtimes' own code kept off stderr (OpenVINO's TensorFlow reader logs through
+    absl when handed a file not its own, ExecuTorch's loader and torchao print): a bad file ends in
+    dlswm's one line, a good one in the report alone. Python's and native writes to fd 2 alike."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _per_frame(call: Callable[[np.ndarray], list[np.ndarray]]) -> Outputs:
@@ -133,7 +154,8 @@ def _open_openvino(path: Path, threads: int, device: str) -> Loaded:
 
     core = ov.Core()
     try:
-        model = core.read_model(str(path))
+        with _native_stderr_silenced():
+            model = core.read_model(str(path))
     except Exception as e:  # noqa: BLE001 (RuntimeError for most, others for odd files)
         raise UserError(f"{path} is not a loadable OpenVINO model ({_first_line(e)})") from None
     if model.has_rt_info([METADATA_KEY]):  # an IR written by `dlswm export`
@@ -182,8 +204,10 @@ def _open_litert(path: Path, threads: int, device: str) -> Loaded:
         raise UserError(f"device '{device}': dlswm runs LiteRT files on the cpu (XNNPACK)")
     metadata = _sidecar(path)
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        runner = interpreter.get_signature_runner()
+        with _native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            interpreter.allocate_tensors()  # where the delegate is made (and logs)
+            runner = interpreter.get_signature_runner()
         inputs = interpreter.get_input_details()
     except Exception as e:  # noqa: BLE001 (ValueError for a bad flatbuffer, RuntimeError for bad ops)
         raise UserError(f"{path} is not a loadable LiteRT model ({_first_line(e)})") from None
@@ -202,14 +226,17 @@ def _open_litert(path: Path, threads: int, device: str) -> Loaded:
 
 def _open_executorch(path: Path, threads: int, device: str) -> Loaded:
     import torch  # ExecuTorch's Python runtime takes and returns torch tensors
-    from executorch.runtime import Runtime as ExecuTorchRuntime
+
+    with _native_stderr_silenced():  # torchao, imported with it, logs the CUDA kernels it lacks
+        from executorch.runtime import Runtime as ExecuTorchRuntime
 
     if device.lower() != "cpu":
         raise UserError(f"device '{device}': dlswm runs ExecuTorch files on the cpu (XNNPACK)")
     metadata = _sidecar(path)
     torch.set_num_threads(threads)  # the portable ops' threads; XNNPACK's pool follows the cores
     try:
-        method = ExecuTorchRuntime.get().load_program(str(path)).load_method("forward")
+        with _native_stderr_silenced():
+            method = ExecuTorchRuntime.get().load_program(str(path)).load_method("forward")
         meta = method.metadata
         shape = list(meta.input_tensor_meta(0).sizes())
         width = meta.output_tensor_meta(0).sizes()[-1]
