@@ -141,6 +141,7 @@ def _open_onnxruntime(path: Path, threads: int, device: str) -> Loaded:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # no warnings on stderr: the report says what matters
     options.enable_cpu_mem_arena = False  # batch-1 play needs no arena: ~1 MB less, no latency cost seen
+    options.enable_mem_pattern = False  # nor a planned activation block: ~1 MB less peak, p50 the same
     try:
         session = ort.InferenceSession(str(path), options, providers=[provider])
     except Exception as e:  # noqa: BLE001 (onnxruntime raises several types for a bad file)

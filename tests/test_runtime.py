@@ -311,3 +311,27 @@ def test_ctrl_c_in_play_ends_with_one_error_line():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
+
+
+def test_the_native_vector_env_steps_exactly_as_ale_pys_gymnasium_env():
+    """make_env drives ale_py's ALEVectorInterface itself (play without gymnasium): a renamed or
+    dropped argument (frame skip, the episode cap in frames, no-op starts, seeding) changes frames,
+    rewards or where episodes end against ale_py's own AtariVectorEnv on the same seed and actions."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    from dlswm.config import EnvConfig
+    from dlswm.runtime.atari import make_env, resolve_game
+
+    cfg = EnvConfig(game="Breakout", max_episode_steps=60)
+    ours = make_env(cfg, 2)
+    theirs = AtariVectorEnv(resolve_game(cfg.game).rom_id, 2, img_height=96, img_width=96, stack_num=4, frameskip=4,
+                            noop_max=30, max_num_frames_per_episode=60 * 4, reward_clipping=False, use_fire_reset=False)
+    assert (ours.reset(seed=5)[0] == theirs.reset(seed=5)[0]).all()
+    rng, ends = np.random.default_rng(0), 0
+    for _ in range(200):
+        actions = rng.integers(0, 4, 2)
+        mine, ale = ours.step(actions), theirs.step(actions)
+        for a, b in zip(mine[:4], ale[:4]):  # obs, rewards, terminations, truncations
+            assert (a == b).all()
+        ends += int(mine[3].sum())
+    assert ends >= 4  # the 60-step cap cut episodes and both envs reset alike after
