@@ -33,12 +33,13 @@ from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.contract import action_probs, io_spec, output_shapes
-from dlswm.runtime.runtimes import file_mb, model_files
+from dlswm.runtime.runtimes import file_mb, model_files, output_to
 from dlswm.runtime.session import Agent, open_agent
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.checkpoint import RunState
 
 REPORT_NAME = "export-report.json"
+CONVERTER_LOG = "converters.log"
 HELD_OUT = 1024  # real frames for the parity measures (at most), disjoint from calibration; +-1.5% at 256
 
 
@@ -132,13 +133,18 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
 
 def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[str, Any]], ModelCard],
            staged: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float,
-           progress: Any) -> dict[str, Any]:
+           progress: Any, log: Path) -> dict[str, Any]:
     """Make `variant` with its format's maker (formats.py) and measure it. A quantized one that
     misses the gate is made again with its most sensitive layers in fp32, one more at a time, until
     a try passes (variants.py says how they are ranked); the row then holds every try and the
-    ranking. The last try is left at `staged`."""
+    ranking. The last try is left at `staged`; what the converters print goes to `log`."""
+    def built(fp32_layers: list[str]) -> Any:
+        with output_to(log, (1, 2)):
+            return make.make(fp32_layers)
+
     def staged_as(model: Any, fp32_layers: list[str]) -> Path:
-        make.save(model, card(make.settings(fp32_layers)), staged)
+        with output_to(log, (1, 2)):
+            make.save(model, card(make.settings(fp32_layers)), staged)
         return staged
 
     def measured(model: Any, fp32_layers: list[str]) -> dict[str, Any]:
@@ -151,18 +157,18 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
     tries: list[dict[str, Any]] = []
     if not variant.quantized:
         progress(f"{staged.name}: converting and measuring")
-        return measured(make.make(), [])
+        return measured(built([]), [])
     progress(f"{staged.name}: calibrating and quantizing, then measuring")
-    row = measured(make.make(), [])
+    row = measured(built([]), [])
     ranked: list[tuple[str, float]] = []
     if row["policy_overlap"] < threshold:
         ranked = sensitivity(make.layers, lambda layer: _agreement(
-            open_agent(staged_as(make.make([layer]), []), threads=1), reference, held_out, temperature)["policy_overlap"],
+            open_agent(staged_as(built([layer]), []), threads=1), reference, held_out, temperature)["policy_overlap"],
             lambda i, layer: progress(f"{staged.name}: sensitivity of layer {i}/{len(make.layers)} ({layer})"))
         for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
             keep = [layer for layer, _ in ranked[:k]]
             progress(f"{staged.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
-            row = measured(make.make(keep), keep)
+            row = measured(built(keep), keep)
             if row["policy_overlap"] >= threshold:
                 break
     return {**row, "tries": tries, "sensitivity": [{"layer": layer, "policy_overlap": overlap} for layer, overlap in ranked]}
@@ -194,18 +200,22 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     agent = system.inference_agent().eval()
     with torch.no_grad():
         reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
-    progress("exporting the inference path to ONNX")  # the onnx and openvino formats' source, and the parameter count
-    fp32 = to_onnx(agent, held_out.shape[1:])
+    log = out_dir / CONVERTER_LOG  # the converters' and quantizers' own output, this export's alone
+    log.unlink(missing_ok=True)
+    progress(f"exporting the inference path to ONNX (the converters' own output: {log})")  # the onnx and openvino formats' source, and the parameter count
+    with output_to(log, (1, 2)):
+        fp32 = to_onnx(agent, held_out.shape[1:])
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
     try:
         for fmt, variant in jobs:
             threshold = variant.min_overlap if min_overlap is None else min_overlap
             target = targets[(fmt.name, variant.name)]
-            make = maker(fmt, variant, fp32, agent, calibration)
+            with output_to(log, (1, 2)):
+                make = maker(fmt, variant, fp32, agent, calibration)
             try:
                 row = _gated(variant, make, threshold, lambda q: _card(state, summary, variant, fmt, q),
-                             staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress)
+                             staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, log)
             finally:
                 make.close()
             below = row["policy_overlap"] < threshold
@@ -236,6 +246,6 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
               # fp32 graph initializers vs the torch count; export/params.py says why they differ
               "graph_params": graph_params(fp32), "expected_graph_params": expected_graph_params(agent),
               "calibration_frames": len(calibration), "held_out_frames": len(held_out), "variants": rows,
-              "report": str(out_dir / REPORT_NAME)}
+              "report": str(out_dir / REPORT_NAME), "converter_log": str(log)}
     atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())
     return report

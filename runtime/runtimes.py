@@ -87,19 +87,31 @@ def _first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Log lines of the runtimes' own code kept off stderr (OpenVINO's TensorFlow reader logs through
-    absl when handed a file not its own, ExecuTorch's loader and torchao print): a bad file ends in
-    dlswm's one line, a good one in the report alone. Python's and native writes to fd 2 alike."""
+def output_to(path: str | Path = os.devnull, streams: tuple[int, ...] = (2,)) -> Iterator[None]:
+    """The file descriptors `streams` (2: stderr, 1: stdout) appended to `path` for the block:
+    Python's writes and native code's alike. Keeps the runtimes' and converters' own log lines
+    (OpenVINO's TensorFlow reader logs through absl when handed a file not its own; ExecuTorch's
+    loader and torchao print) out of dlswm's output: a bad file ends in one line, a good one in the
+    report alone; `export` keeps the converters' chatter in a log beside its files."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in streams]
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
+        with open(path, "a", buffering=1) as sink, contextlib.ExitStack() as python_level:
+            for fd in streams:
+                os.dup2(sink.fileno(), fd)
+            # Python's writes too where sys.stdout / sys.stderr are not fds 1 / 2 (a test's runner)
+            if 1 in streams:
+                python_level.enter_context(contextlib.redirect_stdout(sink))
+            if 2 in streams:
+                python_level.enter_context(contextlib.redirect_stderr(sink))
+            yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip(streams, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _per_frame(call: Callable[[np.ndarray], list[np.ndarray]]) -> Outputs:
@@ -155,7 +167,7 @@ def _open_openvino(path: Path, threads: int, device: str) -> Loaded:
 
     core = ov.Core()
     try:
-        with _native_stderr_silenced():
+        with output_to():
             model = core.read_model(str(path))
     except Exception as e:  # noqa: BLE001 (RuntimeError for most, others for odd files)
         raise UserError(f"{path} is not a loadable OpenVINO model ({_first_line(e)})") from None
@@ -205,7 +217,7 @@ def _open_litert(path: Path, threads: int, device: str) -> Loaded:
         raise UserError(f"device '{device}': dlswm runs LiteRT files on the cpu (XNNPACK)")
     metadata = _sidecar(path)
     try:
-        with _native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        with output_to():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             interpreter = Interpreter(model_path=str(path), num_threads=threads)
             interpreter.allocate_tensors()  # where the delegate is made (and logs)
             runner = interpreter.get_signature_runner()
@@ -228,7 +240,7 @@ def _open_litert(path: Path, threads: int, device: str) -> Loaded:
 def _open_executorch(path: Path, threads: int, device: str) -> Loaded:
     import torch  # ExecuTorch's Python runtime takes and returns torch tensors
 
-    with _native_stderr_silenced():  # torchao, imported with it, logs the CUDA kernels it lacks
+    with output_to():  # torchao, imported with it, logs the CUDA kernels it lacks
         from executorch.runtime import Runtime as ExecuTorchRuntime
 
     if device.lower() != "cpu":
@@ -236,7 +248,7 @@ def _open_executorch(path: Path, threads: int, device: str) -> Loaded:
     metadata = _sidecar(path)
     torch.set_num_threads(threads)  # the portable ops' threads; XNNPACK's pool follows the cores
     try:
-        with _native_stderr_silenced():
+        with output_to():
             method = ExecuTorchRuntime.get().load_program(str(path)).load_method("forward")
         meta = method.metadata
         shape = list(meta.input_tensor_meta(0).sizes())

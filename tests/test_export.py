@@ -14,7 +14,7 @@ from dlswm.cli import main
 from dlswm.config import Config
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params, zero_bias_values
-from dlswm.export.pipeline import REPORT_NAME
+from dlswm.export.pipeline import CONVERTER_LOG, REPORT_NAME
 from dlswm.export.variants import FramesReader, output_layers
 from dlswm.models.summary import summarize
 from dlswm.runtime.model_card import FORMAT_VERSION
@@ -195,7 +195,7 @@ def test_checkpoint_path_force_and_atomic_outputs(tiny_run_dir, tmp_path, cli):
     assert target.read_bytes() == before
     code, _, _ = cli("export", tiny_run_dir, "-o", out, "--variants", "fp32", "--force")
     assert code == 0 and open_agent(target).card.variant == "fp32"
-    assert sorted(p.name for p in out.iterdir()) == [REPORT_NAME, "pong.fp32.onnx"]  # no .tmp, no staging
+    assert sorted(p.name for p in out.iterdir()) == [CONVERTER_LOG, REPORT_NAME, "pong.fp32.onnx"]  # no .tmp, no staging
 
 
 def test_low_agreement_variant_is_not_written(tiny_run_dir, tmp_path):
@@ -210,7 +210,7 @@ def test_low_agreement_variant_is_not_written(tiny_run_dir, tmp_path):
                         allow_low_agreement=False, progress=lambda msg: None)
     row = report["variants"][0]
     assert not row["written"] and "< 1.01" in row["reason"] and "--allow-low-agreement" in row["reason"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONVERTER_LOG, REPORT_NAME]
     assert json.loads((tmp_path / REPORT_NAME).read_text())["variants"][0]["reason"] == row["reason"]
     # With --force over an earlier export, the refused variant's old file goes too: it must not
     # pass for the new one.
@@ -282,6 +282,8 @@ def test_export_of_the_toy_run_as_the_readme_writes_it(tiny_run_dir, tmp_path, c
     run = tiny_run_dir if source == "run" else tiny_run_dir / "best.pt"
     code, out, err = cli("export", run, "-o", tmp_path, "--variants", "int8", *extra)
     assert code == 0, err
+    # onnxruntime's quantizer prints its calibration steps: into the log beside the files, not the output
+    assert "histogram" not in out + err and "histogram" in (tmp_path / CONVERTER_LOG).read_text()
     report = json.loads((tmp_path / REPORT_NAME).read_text())
     assert report["calibration_frames"] % 16 != 0 and report["variants"][0]["written"]
     if extra:
