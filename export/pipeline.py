@@ -160,18 +160,21 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
         return measured(built([]), [])
     progress(f"{staged.name}: calibrating and quantizing, then measuring")
     row = measured(built([]), [])
-    ranked: list[tuple[str, float]] = []
+    ranked: list[dict] = []
     if row["policy_overlap"] < threshold:
-        ranked = sensitivity(make.layers, lambda layer: _agreement(
-            open_agent(staged_as(built([layer]), []), threads=1), reference, held_out, temperature)["policy_overlap"],
-            lambda i, layer: progress(f"{staged.name}: sensitivity of layer {i}/{len(make.layers)} ({layer})"))
+        def alone(layer: str) -> dict[str, float]:  # the layer alone in fp32: its effect, and its cost
+            parity = _parity(staged_as(built([layer]), []), reference, held_out, temperature)
+            return {"policy_overlap": parity["policy_overlap"], "p50_ms": parity["latency_batch1_1thread"]["p50_ms"]}
+
+        ranked = sensitivity(make.layers, alone, lambda i, layer: progress(
+            f"{staged.name}: sensitivity of layer {i}/{len(make.layers)} ({layer})"))
         for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
-            keep = [layer for layer, _ in ranked[:k]]
+            keep = [r["layer"] for r in ranked[:k]]
             progress(f"{staged.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
             row = measured(built(keep), keep)
             if row["policy_overlap"] >= threshold:
                 break
-    return {**row, "tries": tries, "sensitivity": [{"layer": layer, "policy_overlap": overlap} for layer, overlap in ranked]}
+    return {**row, "tries": tries, "sensitivity": ranked}
 
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,

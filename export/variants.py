@@ -158,12 +158,13 @@ class Quantizer:
         return {}
 
 
-def sensitivity(layers: Sequence[str], overlap: Callable[[str], float], progress: Callable[[int, str], None]
-                ) -> list[tuple[str, float]]:
-    """Each layer's policy overlap with it alone in fp32 (`overlap(layer)`), most sensitive (highest)
-    first: the same ranking for every format's quantizer."""
-    scores = []
+def sensitivity(layers: Sequence[str], measure: Callable[[str], dict], progress: Callable[[int, str], None]
+                ) -> list[dict]:
+    """Each layer's measures with it alone in fp32 (`measure(layer)`: its `policy_overlap`, and what
+    that costs, its `p50_ms`), most sensitive (highest overlap) first: the same ranking for every
+    format's quantizer."""
+    rows = []
     for i, layer in enumerate(layers, 1):
         progress(i, layer)
-        scores.append((layer, overlap(layer)))
-    return sorted(scores, key=lambda item: -item[1])
+        rows.append({"layer": layer, **measure(layer)})
+    return sorted(rows, key=lambda row: -row["policy_overlap"])

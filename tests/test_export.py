@@ -126,6 +126,7 @@ def test_int8_missing_the_gate_keeps_its_most_sensitive_layers_in_fp32(tiny_expo
     assert sorted(ranked) == sorted(quantizable) and overlaps == sorted(overlaps, reverse=True)
     assert [t["fp32_layers"] for t in row["tries"]] == [[], ranked[:1], ranked[:2], ranked[:3]]
     assert row["fp32_layers"] == ranked[:3] and "up to 3 layers" in row["reason"]
+    assert all(s["p50_ms"] > 0 for s in row["sensitivity"])  # what each layer costs in float, reported
     assert row["policy_overlap"] == row["tries"][-1]["policy_overlap"]
     int8 = onnx.load(row["path"])
     float_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
