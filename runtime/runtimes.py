@@ -202,10 +202,15 @@ def _open_openvino(path: Path, threads: int, device: str) -> Loaded:
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
+    """An ONNX file's metadata, read with onnxruntime (the base install; the openvino extra has no
+    `onnx` package)."""
+    import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
     try:
-        return {p.key: p.value for p in onnx.load_model(str(path), load_external_data=False).metadata_props}
+        return dict(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                    .get_modelmeta().custom_metadata_map)
     except Exception:  # noqa: BLE001 (OpenVINO read it; the card check below says what is missing)
         return {}
 

@@ -196,3 +196,15 @@ def test_formats_and_runtimes_refuse_unknown_names_in_one_line(tmp_path):
     (tmp_path / "a.onnx").write_bytes(b"x")
     result = dlswm("bench", tmp_path / "a.onnx", "--runtime", "tvm")
     assert result.returncode == 2 and "unknown runtime 'tvm'; valid runtimes: onnxruntime, openvino" in result.stderr
+
+
+@needs["openvino"]
+def test_openvino_plays_an_onnx_file_without_the_onnx_package(exports):
+    """The openvino extra has no `onnx`: reading an .onnx file's card through it raised
+    ModuleNotFoundError (found on the ARM board check); the card is read with onnxruntime."""
+    rows, _ = exports
+    code = ("import sys; sys.modules['onnx'] = None; from dlswm.cli import main; "
+            "sys.argv = ['dlswm', 'play', sys.argv[1], '--runtime', 'openvino', '--max-steps', '5']; main()")
+    result = subprocess.run([sys.executable, "-c", code, rows[("onnx", "fp32")]["path"]], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "OpenVINO" in result.stdout, result.stderr
