@@ -9,6 +9,7 @@ a variant whose sampled actions differ from torch's too often is not written unl
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -133,17 +134,17 @@ def _parity(path: Path, reference: list[np.ndarray], held_out: np.ndarray, tempe
 
 def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[str, Any]], ModelCard],
            staged: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float,
-           progress: Any, log: Path) -> dict[str, Any]:
+           progress: Any, quiet: Callable[[], Any]) -> dict[str, Any]:
     """Make `variant` with its format's maker (formats.py) and measure it. A quantized one that
     misses the gate is made again with its most sensitive layers in fp32, one more at a time, until
     a try passes (variants.py says how they are ranked); the row then holds every try and the
-    ranking. The last try is left at `staged`; what the converters print goes to `log`."""
+    ranking. The last try is left at `staged`; the converters print inside `quiet()`."""
     def built(fp32_layers: list[str]) -> Any:
-        with output_to(log, (1, 2)):
+        with quiet():
             return make.make(fp32_layers)
 
     def staged_as(model: Any, fp32_layers: list[str]) -> Path:
-        with output_to(log, (1, 2)):
+        with quiet():
             make.save(model, card(make.settings(fp32_layers)), staged)
         return staged
 
@@ -205,8 +206,10 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
         reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
     log = out_dir / CONVERTER_LOG  # the converters' and quantizers' own output, this export's alone
     log.unlink(missing_ok=True)
-    progress(f"exporting the inference path to ONNX (the converters' own output: {log})")  # the onnx and openvino formats' source, and the parameter count
-    with output_to(log, (1, 2)):
+    quiet = functools.partial(output_to, log, (1, 2))
+    # The onnx and openvino formats' source, and the graph's parameter count.
+    progress(f"exporting the inference path to ONNX (the converters' own output: {log})")
+    with quiet():
         fp32 = to_onnx(agent, held_out.shape[1:])
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
@@ -214,11 +217,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
         for fmt, variant in jobs:
             threshold = variant.min_overlap if min_overlap is None else min_overlap
             target = targets[(fmt.name, variant.name)]
-            with output_to(log, (1, 2)):
+            with quiet():
                 make = maker(fmt, variant, fp32, agent, calibration)
             try:
                 row = _gated(variant, make, threshold, lambda q: _card(state, summary, variant, fmt, q),
-                             staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, log)
+                             staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, quiet)
             finally:
                 make.close()
             below = row["policy_overlap"] < threshold

@@ -203,7 +203,7 @@ def _open_openvino(path: Path, threads: int, device: str) -> Loaded:
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
     """An ONNX file's metadata, read with onnxruntime (the base install; the openvino extra has no
-    `onnx` package)."""
+    `onnx` package): a second, CPU session, opened only where OpenVINO runs an .onnx file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
