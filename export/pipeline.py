@@ -28,7 +28,7 @@ from dlswm.errors import UserError
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
 from dlswm.export.formats import FORMATS, Format, maker
-from dlswm.export.variants import Variant, sensitivity
+from dlswm.export.variants import Variant, float_layer_tries, sensitivity
 from dlswm.models.summary import summarize
 from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
@@ -136,9 +136,8 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
            staged: Path, reference: list[np.ndarray], held_out: np.ndarray, temperature: float,
            progress: Any, quiet: Callable[[], Any]) -> dict[str, Any]:
     """Make `variant` with its format's maker (formats.py) and measure it. A quantized one that
-    misses the gate is made again with its most sensitive layers in fp32, one more at a time, until
-    a try passes (variants.py says how they are ranked); the row then holds every try and the
-    ranking. The last try is left at `staged`; the converters print inside `quiet()`."""
+    misses the gate is made again with sets of layers in fp32 until a try passes (variants.py's
+    `float_layer_tries` says which, in what order); the row then holds every try and the ranking. The last try is left at `staged`; the converters print inside `quiet()`."""
     def built(fp32_layers: list[str]) -> Any:
         with quiet():
             return make.make(fp32_layers)
@@ -169,9 +168,8 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
 
         ranked = sensitivity(make.layers, alone, lambda i, layer: progress(
             f"{staged.name}: sensitivity of layer {i}/{len(make.layers)} ({layer})"))
-        for k in range(1, min(variant.max_fp32_layers, len(ranked)) + 1):
-            keep = [r["layer"] for r in ranked[:k]]
-            progress(f"{staged.name}: quantizing with {k} most sensitive layer(s) in fp32, then measuring")
+        for keep in float_layer_tries(tries[0], ranked, threshold, variant.max_fp32_layers):
+            progress(f"{staged.name}: quantizing with {len(keep)} layer(s) in fp32 ({', '.join(keep)}), then measuring")
             row = measured(built(keep), keep)
             if row["policy_overlap"] >= threshold:
                 break

@@ -6,15 +6,17 @@ ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast 
 output stays fp32: the encoder's last 1x1 projection, whose output picks the codes, and the policy's
 logits and value heads (0.3% of the MACs). docs/int8.md has the measurements behind these choices.
 
-When a quantized variant misses the parity gate, the layers are ranked by their measured effect
-(`sensitivity`: the policy overlap with each one alone back in fp32) and the most
-sensitive are kept in fp32, one more at a time, until a try passes, as NNCF's accuracy-controlled
-quantization does: the fewest float layers that pass, not a fixed order.
+When a quantized variant misses the parity gate, each layer is measured alone back in fp32
+(`sensitivity`: the policy overlap it buys and the latency it costs), and sets of layers are tried
+in fp32 until one passes (`float_layer_tries`): first those the measured gains predict to pass,
+cheapest first, then the most sensitive 1, 2, ... layers, as NNCF's accuracy-controlled
+quantization ranks them. Float layers chosen by what they buy and cost, not by a fixed order.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,3 +170,26 @@ def sensitivity(layers: Sequence[str], measure: Callable[[str], dict], progress:
         progress(i, layer)
         rows.append({"layer": layer, **measure(layer)})
     return sorted(rows, key=lambda row: -row["policy_overlap"])
+
+
+def float_layer_tries(plain: dict, ranked: Sequence[dict], threshold: float, most: int) -> list[list[str]]:
+    """The sets of layers to try in fp32, in order, after the plain quantized try (`plain`: its
+    `policy_overlap` and `p50_ms`) missed `threshold`; `ranked` is `sensitivity`'s rows.
+
+    First, up to `most` sets of at most `most` layers predicted to pass, cheapest first: a set's
+    overlap is predicted as the plain try's plus each layer's gain alone, its cost as the sum of
+    each layer's latency alone over the plain try's. Then, since gains need not add up, the most
+    sensitive 1, 2, ... `most` layers. Each set once, its layers in ranking order.
+    """
+    gain = {r["layer"]: r["policy_overlap"] - plain["policy_overlap"] for r in ranked}
+    cost = {r["layer"]: max(r["p50_ms"] - plain["p50_ms"], 0.0) for r in ranked}  # noise can read below 0
+    useful = [r["layer"] for r in ranked if gain[r["layer"]] > 0]  # ranking order
+    predicted = [list(s) for k in range(1, most + 1) for s in itertools.combinations(useful, k)
+                 if plain["policy_overlap"] + sum(gain[layer] for layer in s) >= threshold]
+    predicted.sort(key=lambda s: (sum(cost[layer] for layer in s), len(s)))  # stable: ranking breaks ties
+    prefixes = [[r["layer"] for r in ranked[:k]] for k in range(1, min(most, len(ranked)) + 1)]
+    tries: list[list[str]] = []
+    for layers in predicted[:most] + prefixes:
+        if layers not in tries:
+            tries.append(layers)
+    return tries

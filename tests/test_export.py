@@ -107,6 +107,7 @@ def test_int8_missing_the_gate_keeps_its_most_sensitive_layers_in_fp32(tiny_expo
     """A gate no try can pass shows the whole search: every quantized layer's overlap alone in fp32,
     ranked, then tries with the top 1, 2, ... `max_fp32_layers` of that ranking in fp32, each
     measured; the file left is the last try, whose card and weights say which layers are fp32.
+    (A gate over 1 is predicted to pass by no set, so the tries are the ranking's prefixes.)
     Mutations caught: the ranking reversed (least sensitive first), tries not growing by rank."""
     from dataclasses import replace
 
@@ -133,6 +134,25 @@ def test_int8_missing_the_gate_keeps_its_most_sensitive_layers_in_fp32(tiny_expo
     fp32_layers = {n.name for n in int8.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in float_weights}
     assert fp32_layers == set(ranked[:3]) | set(output_layers(fp32_graph))
     assert open_agent(row["path"]).card.quantization["fp32_layers"] == ranked[:3]
+
+
+def test_float_layers_are_tried_cheapest_predicted_pass_first():
+    """Hand-worked: the plain try 0.965 at 1.0 ms misses 0.97. Alone in fp32, `a` buys 0.006 for
+    0.8 ms; `b` and `c` 0.003 for 0.05 ms each; `d` nothing. Predicted to pass: {b, c} (0.971,
+    0.1 ms) before {a} (0.971, 0.8 ms), then sets with `a` by cost; `d` in none of them. Then the
+    ranking's prefixes not tried yet. Mutations caught: ordering by overlap alone ([a] first), the
+    gains not summed (no pair predicted to pass), a layer that buys nothing tried, a set twice."""
+    from dlswm.export.variants import float_layer_tries
+
+    plain = {"policy_overlap": 0.965, "p50_ms": 1.0}
+    ranked = [{"layer": "a", "policy_overlap": 0.971, "p50_ms": 1.8},
+              {"layer": "b", "policy_overlap": 0.968, "p50_ms": 1.05},
+              {"layer": "c", "policy_overlap": 0.968, "p50_ms": 1.05},
+              {"layer": "d", "policy_overlap": 0.965, "p50_ms": 0.98}]
+    assert float_layer_tries(plain, ranked, 0.97, most=2) == [["b", "c"], ["a"], ["a", "b"]]
+    assert float_layer_tries(plain, ranked, 0.97, most=3) == [
+        ["b", "c"], ["a"], ["a", "b"], ["a", "b", "c"]]  # the prefixes [a], [a, b] were tried already
+    assert float_layer_tries(plain, ranked, 1.01, most=2) == [["a"], ["a", "b"]]  # nothing predicted: the ranking
 
 
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
