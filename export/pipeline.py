@@ -137,7 +137,8 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
            progress: Any, quiet: Callable[[], Any]) -> dict[str, Any]:
     """Make `variant` with its format's maker (formats.py) and measure it. A quantized one that
     misses the gate is made again with sets of layers in fp32 until a try passes (variants.py's
-    `float_layer_tries` says which, in what order); the row then holds every try and the ranking. The last try is left at `staged`; the converters print inside `quiet()`."""
+    `float_layer_tries` says which, in what order); the row then holds every try and the ranking.
+    The last try is left at `staged`; the converters print inside `quiet()`."""
     def built(fp32_layers: list[str]) -> Any:
         with quiet():
             return make.make(fp32_layers)
