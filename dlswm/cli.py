@@ -306,7 +306,7 @@ def export(
     run: Annotated[Path, typer.Argument(help="Training run directory (or its checkpoint.pt).")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.", show_default="RUN/export")] = None,
     variants: Annotated[str, typer.Option(help="Comma-separated: fp32, int8 (x86), int8-arm (onnx), bf16 (openvino); each format writes those it offers.")] = "fp32,int8",
-    formats: Annotated[str, typer.Option(help="Comma-separated: onnx, openvino, litert, executorch (the last three: pip install 'dlswm[export]').")] = "onnx",
+    formats: Annotated[str, typer.Option(help="Comma-separated: onnx, openvino, litert, executorch (the last three: pip install 'dlswm\\[export]').")] = "onnx",
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
     min_overlap: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Policy overlap with torch (chance of the same sampled action) a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
     allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the overlap threshold anyway.")] = False,

@@ -54,3 +54,10 @@ def test_train_refuses_an_out_of_range_config_before_writing_anything(tmp_path, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: config {override.split('=')[0]}="), result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_help_keeps_the_extras_name_in_its_install_hint():
+    """Rich reads `[export]` as a markup tag and drops it unless escaped: the hint said `pip install 'dlswm'`."""
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert result.exit_code == 0, result.output
+    assert "pip install 'dlswm[export]'" in result.stdout
