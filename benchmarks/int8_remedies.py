@@ -27,9 +27,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from dlswm.errors import UserError
 from dlswm.export.onnx_graph import to_onnx
-from dlswm.export.pipeline import _frames, _run_dir
+from dlswm.export.pipeline import parity_frames, run_dir_of
 from dlswm.export.variants import VARIANTS, Quantizer
-from dlswm.runtime.contract import action_probs
+from dlswm.runtime.contract import policy_overlap
 from dlswm.train.checkpoint import RunState
 
 # Settings of the static int8 recipe (`export.variants.Variant` fields) tried one at a time.
@@ -51,7 +51,7 @@ def overlap_row(name: str, model: onnx.ModelProto, held_out: np.ndarray, referen
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     logits = ort.InferenceSession(model.SerializeToString(), options).run(None, {"frames": held_out})[0]
-    overlap = np.minimum(action_probs(logits, temperature), action_probs(reference, temperature)).sum(1).mean()
+    overlap = policy_overlap(logits, reference, temperature).mean()
     return f"| {name} | {overlap:.3f} | {(logits.argmax(1) == reference.argmax(1)).mean():.3f} |"
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     try:
         state = RunState.load(args.run)
         cfg = state.config
-        calibration, held_out = _frames(_run_dir(args.run), state, cfg.env.frame_stack, args.calibration_frames, cfg.seed)
+        calibration, held_out = parity_frames(run_dir_of(args.run), state, cfg.env.frame_stack, args.calibration_frames, cfg.seed)
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(1)

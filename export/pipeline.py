@@ -33,7 +33,7 @@ from dlswm.models.summary import summarize
 from dlswm.run_dir import RunDir
 from dlswm.runtime.latency import percentiles, time_calls
 from dlswm.runtime.model_card import ModelCard
-from dlswm.runtime.contract import action_probs, io_spec, output_shapes
+from dlswm.runtime.contract import io_spec, output_shapes, policy_overlap
 from dlswm.runtime.runtimes import file_mb, model_files, output_to
 from dlswm.runtime.session import Agent, open_agent
 from dlswm.train.buffer import ReplayBuffer
@@ -44,7 +44,8 @@ CONVERTER_LOG = "converters.log"
 HELD_OUT = 1024  # real frames for the parity measures (at most), disjoint from calibration; +-1.5% at 256
 
 
-def _run_dir(run: Path) -> Path:
+def run_dir_of(run: Path) -> Path:
+    """The run directory of a run directory or of a checkpoint in it."""
     if not run.exists():
         raise UserError(f"{run} does not exist")
     return run if run.is_dir() else run.parent
@@ -72,7 +73,7 @@ def _writable_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, seed: int
+def parity_frames(run_dir: Path, state: RunState, frame_stack: int, calibration: int, seed: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint calibration and held-out frame stacks from the run's replay buffer."""
     try:
@@ -117,7 +118,7 @@ def _agreement(agent: Agent, reference: list[np.ndarray], held_out: np.ndarray, 
     if [o.shape[1:] for o in outputs] != list(shapes.values()):  # the graph breaks the runtime's contract
         raise RuntimeError(f"{agent.path}: outputs {[o.shape for o in outputs]}, the contract says (batch, ...) {shapes}")
     logits, _, codes = outputs
-    overlap = np.minimum(action_probs(logits, temperature), action_probs(reference[0], temperature)).sum(1)
+    overlap = policy_overlap(logits, reference[0], temperature)
     return {"action_agreement": float((logits.argmax(1) == reference[0].argmax(1)).mean()),
             "policy_overlap": float(overlap.mean()), "policy_temperature": temperature,
             "code_agreement": float((codes == reference[2]).mean()),
@@ -185,11 +186,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     if not jobs:
         raise UserError(f"none of the variants {', '.join(v.name for v in variants)} is offered by "
                         + "; ".join(f"{f.name} ({', '.join(f.variants)})" for f in formats))
-    run_dir = _run_dir(run)
+    run_dir = run_dir_of(run)
     state = RunState.load(run)
     cfg = state.config
     _check_same_game(run_dir, state)
-    calibration, held_out = _frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
+    calibration, held_out = parity_frames(run_dir, state, cfg.env.frame_stack, calibration_frames, cfg.seed)
     out_dir = _writable_dir(out_dir or run_dir / "export")  # created only once the inputs are known good
     stem = state.game.name.lower()
     targets = {(f.name, v.name): out_dir / f"{stem}.{v.name}{f.suffix}" for f, v in jobs}

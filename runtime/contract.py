@@ -39,6 +39,12 @@ def action_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(-1, keepdims=True)
 
 
+def policy_overlap(logits: np.ndarray, reference: np.ndarray, temperature: float) -> np.ndarray:
+    """Per row, sum over actions of min(p, p_reference) at `temperature`: 1 - total variation, the
+    chance that both policies sample the same action under the best coupling. (N, A) -> (N,)."""
+    return np.minimum(action_probs(logits, temperature), action_probs(reference, temperature)).sum(-1)
+
+
 def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
     """One action index from one row of logits, as the agent plays."""
     if temperature == 0:

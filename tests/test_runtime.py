@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from dlswm.errors import UserError
+from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.model_card import METADATA_KEY
 from dlswm.runtime.play import action_probs, choose, default_agent, export_report_path, random_baseline, shipped_agents
@@ -81,7 +82,9 @@ def test_action_probs_at_temperature_zero_is_greedy_so_overlap_is_greedy_agreeme
     p, q = action_probs(a, 0), action_probs(b, 0)
     np.testing.assert_array_equal(p.argmax(1), a.argmax(1))
     assert p.sum(1).tolist() == [1.0] * 500 and np.isfinite(action_probs(a * 1e3, 1.0)).all()
-    assert np.minimum(p, q).sum(1).mean() == (a.argmax(1) == b.argmax(1)).mean()
+    assert policy_overlap(a, b, 0).mean() == (a.argmax(1) == b.argmax(1)).mean()
+    # Hand-worked: p = (1/4, 3/4), q = (3/4, 1/4): min summed = 1/4 + 1/4 (np.maximum would give 3/2).
+    np.testing.assert_allclose(policy_overlap(np.log([[1.0, 3.0]]), np.log([[3.0, 1.0]]), 1.0), [0.5])
 
 
 def test_recorded_gif_decodes_to_the_frames(tmp_path):
