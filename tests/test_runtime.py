@@ -15,6 +15,7 @@ import pytest
 from dlswm.errors import UserError
 from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
+from dlswm.runtime.latency import percentiles
 from dlswm.runtime.model_card import METADATA_KEY
 from dlswm.runtime.play import action_probs, choose, default_agent, export_report_path, random_baseline, shipped_agents
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
@@ -85,6 +86,20 @@ def test_action_probs_at_temperature_zero_is_greedy_so_overlap_is_greedy_agreeme
     assert policy_overlap(a, b, 0).mean() == (a.argmax(1) == b.argmax(1)).mean()
     # Hand-worked: p = (1/4, 3/4), q = (3/4, 1/4): min summed = 1/4 + 1/4 (np.maximum would give 3/2).
     np.testing.assert_allclose(policy_overlap(np.log([[1.0, 3.0]]), np.log([[3.0, 1.0]]), 1.0), [0.5])
+
+
+def test_latency_percentiles_are_numpys_linear_ones_scaled_after():
+    """Hand-worked: 1..5 s -> p50 3, p90 rank 3.6 -> 4.6, p99 rank 3.96 -> 4.96, in ms. Catches a
+    nearest-rank percentile (p90 5), a rank over n instead of n - 1 (p50 3.5) or the scale applied
+    twice or not at all; and an `array("d")` of seconds gives numpy's own numbers."""
+    from array import array
+
+    got = percentiles(array("d", [5.0, 1.0, 4.0, 2.0, 3.0]), scale_to_ms=1e3)
+    assert got == pytest.approx({"p50_ms": 3000.0, "p90_ms": 4600.0, "p99_ms": 4960.0, "max_ms": 5000.0})
+    samples = np.random.default_rng(0).exponential(size=1001)
+    got = percentiles(array("d", samples), scale_to_ms=1e3)
+    assert [got["p50_ms"], got["p90_ms"], got["p99_ms"]] == pytest.approx(np.percentile(samples * 1e3, [50, 90, 99]))
+    assert np.isnan(percentiles([])["p50_ms"])
 
 
 def test_recorded_gif_decodes_to_the_frames(tmp_path):

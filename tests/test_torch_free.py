@@ -29,9 +29,10 @@ def test_torch_command_says_how_to_get_torch():
 
 def test_play_imports_neither_gymnasium_nor_pydantic():
     """What `dlswm play` leaves unimported is its memory: gymnasium (~12 MB; ale_py's native vector
-    interface is driven directly) and pydantic (~9 MB; typer 0.29 imports it on every command)."""
+    interface is driven directly), pydantic (~9 MB; typer 0.29 imports it on every command) and
+    numpy.ma (~2 MB; `np.percentile` imports it on first use)."""
     result = run("from dlswm.cli import main; sys.argv = ['dlswm', 'play', '--max-steps', '20']\n"
                  "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-                 "print(sorted({m.split('.')[0] for m, v in sys.modules.items() if v is not None}"
-                 " & {'torch', 'gymnasium', 'pydantic'}))")
+                 "print(sorted({m for m, v in sys.modules.items() if v is not None}"
+                 " & {'torch', 'gymnasium', 'pydantic', 'numpy.ma'}))")
     assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stdout[-300:] + result.stderr
