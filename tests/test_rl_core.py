@@ -306,6 +306,29 @@ def test_imagined_rewards_are_the_sign_of_the_predicted_class(reward_class, rewa
     assert (roll["rewards"] == reward).all()
 
 
+def test_expected_imagined_rewards_are_the_heads_mean_sign_and_the_rate_its_nonzero_mass():
+    """Reward head forced to p(-1, 0, +1) = (0.1, 0.6, 0.3): with `expected_reward` every imagined
+    reward is 0.3 - 0.1 = 0.2, sampled ones are signs whose mean is near 0.2, and the reported rate
+    is 0.4 either way. Mutations caught: p(0) or p(+1) alone for the mean sign; the signs swapped
+    (-0.2); the rate as p(0); the flag not reaching `imagine` from PolicyTrainer."""
+    system = small_system().eval()
+    last = system.dynamics.reward_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.log(torch.tensor([0.1, 0.6, 0.3])))
+    torch.manual_seed(0)
+    roll = imagine(system, context_for(system.cfg, N=64), horizon=20, expected_reward=True)
+    assert roll["rewards"].shape == (20, 64) and torch.allclose(roll["rewards"], torch.tensor(0.2), atol=1e-5)
+    assert torch.allclose(roll["reward_rate"], torch.tensor(0.4), atol=1e-5)
+    sampled = imagine(system, context_for(system.cfg, N=64), horizon=20)["rewards"]
+    assert set(sampled.unique().tolist()) == {-1.0, 0.0, 1.0} and abs(sampled.mean().item() - 0.2) < 0.06
+    cfg = system.cfg
+    cfg.ppo.expected_reward = True
+    metrics = PolicyTrainer(system, cfg, FP32).update(synthetic_buffer(cfg), np.random.default_rng(0))
+    assert metrics["imagined/sign_return_per_step"] == pytest.approx(0.2, abs=1e-5)
+    assert metrics["imagined/reward_rate"] == pytest.approx(0.4, abs=1e-5)
+
+
 def test_policy_update_leaves_the_world_models_batchnorm_statistics_alone():
     """Mutation caught: PolicyTrainer.update without `self.system.eval()` before imagine: the
     encoder would run in train mode (batch statistics, and its BatchNorm running stats updated by

@@ -29,13 +29,15 @@ def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Gene
 
 @torch.no_grad()
 def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, decode: bool = False,
-            amp: bool = False) -> dict[str, torch.Tensor]:
+            amp: bool = False, expected_reward: bool = False) -> dict[str, torch.Tensor]:
     """Roll the policy through the dynamics model for `horizon` steps.
 
     context: real obs uint8 (N, C, S, 96, 96), actions and first (N, C) (`start_context`). The first
     C - 1 steps are teacher-forced, as in training, to build the recurrent state; the rollouts start
     from the last observation. Returns z (T, N, D, 6, 6),
-    actions, log_probs, values, rewards (T, N), last_value (N,); with the life-loss head, also
+    actions, log_probs, values, rewards (T, N) (a sampled sign, or with `expected_reward` the head's
+    expected sign), reward_rate (T, N) (the head's probability of a non-zero reward), last_value (N,);
+    with the life-loss head, also
     life_lost (T, N), sampled as the rewards are (the rollout goes on past one, as the game
     does, and the returns end there); with `decode`, also the decoder's
     mean frames (T + 1, N, S, 96, 96) for pictures. `amp` runs the dynamics model and the policy's
@@ -70,8 +72,13 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
             reset = None
             reward_logits, life_logit = split_outcome(outcome)
             codes = sample_categorical(code_logits)  # (N, 6, 6)
-            reward_class = sample_categorical(reward_logits)  # (N,)
-            out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
+            reward_probs = reward_logits.float().softmax(1)  # (N, 3): signs -1, 0, +1
+            if expected_reward:
+                out["rewards"].append(reward_probs[:, 2] - reward_probs[:, 0])
+            else:
+                reward_class = sample_categorical(reward_logits)  # (N,)
+                out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
+            out["reward_rate"].append(1 - reward_probs[:, 1])
             if life_logit is not None:
                 out["life_lost"].append(torch.rand_like(life_logit, dtype=torch.float32) < torch.sigmoid(life_logit.float()))
             z = codebook.embed(codes)
@@ -122,7 +129,8 @@ class PolicyTrainer:
         p = self.cfg.ppo
         context = start_context(buffer, self.cfg, p.num_envs, rng, self.device)
         with in_mode(self.system, False):  # BatchNorm statistics stay as the world model learnt them
-            roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp)
+            roll = imagine(self.system, context, p.rollout_steps, amp=self.speed.amp,
+                           expected_reward=p.expected_reward)
         last_value = roll["last_value"] if p.bootstrap_horizon else torch.zeros_like(roll["last_value"])
         advantages, returns = gae(roll["rewards"], roll["values"], last_value, p.gamma, p.gae_lambda,
                                   ends=roll.get("life_lost"))
@@ -150,7 +158,8 @@ class PolicyTrainer:
                         metrics[k].append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["imagined/return"] = roll["rewards"].sum(0).mean().item()
-        summary["imagined/reward_rate"] = (roll["rewards"] != 0).float().mean().item()
+        # The head's expected rate (the mean of what sampling gives), comparable with collect/reward_rate.
+        summary["imagined/reward_rate"] = roll["reward_rate"].mean().item()
         # Comparable with collect/sign_return_per_step: a policy exploiting the model inflates this.
         summary["imagined/sign_return_per_step"] = roll["rewards"].mean().item()
         if "life_lost" in roll:  # comparable with collect/life_loss_rate
