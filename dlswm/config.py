@@ -132,7 +132,7 @@ class PPOConfig:
     anchor_kl_coef: Annotated[float, NON_NEGATIVE] = 0.0
     # Each imagined step's reward is the reward head's expected sign, p(+1) - p(-1), not a sign
     # sampled from it (the article samples): the same mean return without the sampling noise, which
-    # is nearly all of a return where rewards are rare (0.3-1% of BankHeist's and Seaquest's steps).
+    # is nearly all of a return where rewards are rare (docs/experiments.md).
     expected_reward: bool = False
     lr: Annotated[float, ABOVE_ZERO] = 2.5e-4
     max_grad_norm: Annotated[float, ABOVE_ZERO] = 0.5

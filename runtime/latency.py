@@ -11,9 +11,9 @@ import numpy as np
 
 def percentiles(samples: list[float] | np.ndarray | array, scale_to_ms: float = 1.0) -> dict[str, float]:
     """p50/p90/p99/max of `samples` * `scale_to_ms` (1e3 for seconds), numpy's default (linear)
-    percentiles. Computed on one sorted copy and scaled after: `np.percentile` imports `numpy.ma`
-    (~2 MB resident) on first use, and copying and scaling a long play's samples first added ~1 MB
-    more to `dlswm play`'s peak."""
+    percentiles. On one sorted copy, scaled after, and not through `np.percentile`: that imports
+    `numpy.ma` on first use, and both it and a scaled copy of a long play's samples would raise
+    `dlswm play`'s peak memory (docs/performance.md)."""
     a = np.sort(np.asarray(samples, dtype=np.float64), axis=None)
     if a.size == 0:
         return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}

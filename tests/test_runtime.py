@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,6 @@ def test_latency_percentiles_are_numpys_linear_ones_scaled_after():
     """Hand-worked: 1..5 s -> p50 3, p90 rank 3.6 -> 4.6, p99 rank 3.96 -> 4.96, in ms. Catches a
     nearest-rank percentile (p90 5), a rank over n instead of n - 1 (p50 3.5) or the scale applied
     twice or not at all; and an `array("d")` of seconds gives numpy's own numbers."""
-    from array import array
-
     got = percentiles(array("d", [5.0, 1.0, 4.0, 2.0, 3.0]), scale_to_ms=1e3)
     assert got == pytest.approx({"p50_ms": 3000.0, "p90_ms": 4600.0, "p99_ms": 4960.0, "max_ms": 5000.0})
     samples = np.random.default_rng(0).exponential(size=1001)
