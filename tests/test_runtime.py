@@ -18,7 +18,8 @@ from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
 from dlswm.runtime.model_card import METADATA_KEY
-from dlswm.runtime.play import action_probs, choose, default_agent, export_report_path, random_baseline, shipped_agents
+from dlswm.runtime.play import (action_probs, choose, default_agent, export_report_path, random_baseline, run_episodes,
+                                shipped_agents)
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.session import open_agent
 
@@ -66,6 +67,18 @@ def test_play_runs_a_full_episode_to_its_end(tiny_export):
     episode = report["episodes"][0]
     # Pong ends when one side reaches 21 points; the untrained agent loses almost every point.
     assert not episode["truncated"] and episode["length"] > 500 and -21 <= episode["score"] <= -15
+
+
+def test_per_step_times_are_float32_and_an_untimed_run_keeps_none(tiny_export):
+    # Catches the times stored as float64 again (twice the memory over a 30-game play) or the
+    # `timed=False` (the random agent's games) keeping times nobody reads.
+    card = open_agent(tiny_export[0]["int8"]).card
+    uniform = np.zeros((1, card.num_actions), np.float32)
+    timed = run_episodes(card.env_config, lambda obs: uniform, 1, 0, 1.0, max_steps=40)
+    assert len(timed.model_s) == len(timed.step_s) == 40 and timed.model_s.itemsize == timed.step_s.itemsize == 4
+    untimed = random_baseline(card.env_config, card.num_actions, 1, seed=0, max_steps=40)
+    assert untimed["episodes"] == timed.results  # the same games, played through the same loop
+    assert len(run_episodes(card.env_config, lambda obs: uniform, 1, 0, 1.0, max_steps=40, timed=False).step_s) == 0
 
 
 def test_random_baseline_is_uniform_and_repeatable_per_seed(tiny_export):
