@@ -17,7 +17,8 @@ PANELS = [
     ("entropy (nats)", [("ppo/entropy", "policy, imagined"), ("eval/action_entropy", "actions played, eval")]),
     ("world model on the new real data", [("new_data/latent_acc", "next-code acc"),
                                           ("new_data/reward_precision", "reward precision"),
-                                          ("new_data/reward_recall", "reward recall")]),
+                                          ("new_data/reward_recall", "reward recall"),
+                                          ("new_data/reward_lift", "reward lift (1: blind)")]),
 ]
 
 
@@ -45,7 +46,7 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, keys) in zip(axes, PANELS):
         for r, (label, lines) in enumerate(zip(labels, data)):  # a color per run, a line style per key
-            for (key, suffix), style in zip(keys, ("-", "--", ":")):
+            for (key, suffix), style in zip(keys, ("-", "--", ":", "-.")):
                 points = [(m["real_steps"], m[key]) for m in lines if key in m]
                 if points:
                     x, y = zip(*points)
@@ -66,6 +67,7 @@ TABLE = [
      "{:.4f}"),
     ("model on new data: next-code acc", "new_data/latent_acc", "{:.3f}"),
     ("reward precision / recall", ("new_data/reward_precision", "new_data/reward_recall"), "{:.2f}"),
+    ("reward lift", "new_data/reward_lift", "{:.2f}"),
     ("imagined / real life losses per step", ("imagined/life_loss_rate", "next:collect/life_loss_rate"), "{:.4f}"),
     ("PPO entropy", "ppo/entropy", "{:.3f}"),
     ("anchor KL", "ppo/anchor_kl", "{:.4f}"),

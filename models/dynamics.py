@@ -141,7 +141,7 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
     x = z[:, 0]
     if dynamics.life_loss_head:
         assert life_lost is not None and life_lost.shape == (B, T), "the life-loss head needs its targets"
-    latent_losses, reward_losses, latent_acc, reward_acc, reward_hits = [], [], [], [], []
+    latent_losses, reward_losses, latent_acc, reward_acc, reward_hits, reward_mass = [], [], [], [], [], []
     life_losses, life_hits = [], []
     for t in range(T - 1):
         logits, outcome, state = dynamics.step(x, actions[:, t], state, reset=first[:, t])
@@ -163,6 +163,12 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
         # Non-zero rewards are rare (2% in CrazyClimber): accuracy hides a head that never predicts one.
         reward_hits.append(torch.stack([((predicted == r_target) & (r_target != 1)).sum(), (predicted != 1).sum(),
                                         (r_target != 1).sum()]))
+        # ... nor whether its non-zero mass (what expected and sampled imagined rewards follow) is
+        # higher on the steps that carry a reward: summed here, `reward_lift` in the summaries.
+        probs = reward_logits.detach().float().softmax(1)  # (B, 3)
+        nonzero = probs[:, 0] + probs[:, 2]  # (B,); not 1 - p(0), which float32 rounds where p(0) ~ 1
+        rewarded = (r_target != 1).float()
+        reward_mass.append(torch.stack([(nonzero * rewarded).sum(), (nonzero * (1 - rewarded)).sum()]))
         if t + 1 < d.teacher_forcing_steps:
             x = z[:, t + 1]
         else:
@@ -174,6 +180,7 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
     reward_loss = torch.stack(reward_losses).mean()
     loss = latent_loss + reward_loss
     hits, predicted_nonzero, true_nonzero = torch.stack(reward_hits).sum(0).tolist()
+    mass_rewarded, mass_unrewarded = torch.stack(reward_mass).sum(0).tolist()
     metrics = {}
     if life_losses:
         life_loss = torch.stack(life_losses).mean()
@@ -186,6 +193,9 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
         "dynamics/reward_hits": hits,  # counts: precision = hits / predicted, recall = hits / true
         "dynamics/reward_predicted_nonzero": predicted_nonzero,
         "dynamics/reward_true_nonzero": true_nonzero,
+        "dynamics/reward_mass_rewarded": mass_rewarded,  # summed non-zero mass on steps with a reward
+        "dynamics/reward_mass_unrewarded": mass_unrewarded,  # ... and on steps without
+        "dynamics/reward_steps": float(B * (T - 1)),
         "dynamics/latent_ce": latent_loss.item(),
         "dynamics/reward_ce": reward_loss.item(),
         "dynamics/latent_acc": torch.stack(latent_acc).mean().item(),

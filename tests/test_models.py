@@ -48,7 +48,10 @@ def test_inference_agent_matches_the_training_path():
         logits, value = system.policy(out["z_q"])
         agent_logits, agent_value, codes = system.inference_agent()(x)
     assert torch.equal(codes, out["indices"])
-    assert torch.allclose(agent_logits, logits) and torch.allclose(agent_value, value)
+    # The training path's straight-through z_q equals the codebook's z up to float rounding (which
+    # the default atol of 1e-8 missed on an AVX2 CPU); the policy on the unquantized z_e is off by
+    # orders of magnitude more.
+    assert torch.allclose(agent_logits, logits, atol=1e-6) and torch.allclose(agent_value, value, atol=1e-6)
 
 
 def test_straight_through_gradient_reaches_the_encoder(cfg):

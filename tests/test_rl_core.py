@@ -389,6 +389,25 @@ def test_dynamics_latent_loss_skips_targets_across_an_episode_boundary():
     # 2 x 5 transitions, one of them with target class 2 (ce 10 + r_right)
     assert m["dynamics/reward_ce"] == pytest.approx(r_right + 10 / 10, abs=1e-5)
     assert loss.item() == pytest.approx(m["dynamics/latent_ce"] + m["dynamics/reward_ce"], rel=1e-6)
+    p_nonzero = 2 * math.exp(-10) / (1 + 2 * math.exp(-10))  # the head's non-zero mass on every step
+    assert m["dynamics/reward_steps"] == 10 and m["dynamics/reward_true_nonzero"] == 1
+    assert m["dynamics/reward_mass_rewarded"] == pytest.approx(p_nonzero, rel=1e-4)
+    assert m["dynamics/reward_mass_unrewarded"] == pytest.approx(9 * p_nonzero, rel=1e-4)
+
+
+def test_reward_lift_is_the_mass_on_rewarded_over_unrewarded_steps():
+    """Mutations caught: the ratio inverted, the unrewarded mean taken over all steps (0.1 -> lift
+    4.0), or a lift reported where no step carried a reward. Two batches of 10 steps, one reward each:
+    mean non-zero mass 0.8 / 2 = 0.4 on rewarded steps, 2.0 / 18 on the others -> lift 3.6."""
+    from dlswm.train.world_model import _summary
+
+    batches = {"reward_hits": [0, 0], "reward_predicted_nonzero": [0, 0], "reward_true_nonzero": [1, 1],
+               "reward_mass_rewarded": [0.5, 0.3], "reward_mass_unrewarded": [1.0, 1.0], "reward_steps": [10, 10]}
+    summary = _summary({f"dynamics/{k}": list(v) for k, v in batches.items()}, "dynamics")
+    assert summary["dynamics/reward_lift"] == pytest.approx(3.6)
+    assert "dynamics/reward_mass_rewarded" not in summary  # sums, not per-batch means
+    batches["reward_true_nonzero"] = [0, 0]
+    assert "dynamics/reward_lift" not in _summary({f"dynamics/{k}": list(v) for k, v in batches.items()}, "dynamics")
 
 
 def test_dynamics_loss_teacher_forces_exactly_the_first_steps():

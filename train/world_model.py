@@ -156,14 +156,20 @@ def dynamics_batches(cfg: Config, frames: int, epochs: int) -> int:
 
 def _summary(metrics: dict[str, list[float]], prefix: str) -> dict[str, float]:
     """Means of per-batch metrics; hit counts of rewards (and life losses) become precision and
-    recall over all batches."""
+    recall over all batches, the reward head's summed non-zero mass its `reward_lift`."""
     counted = {"reward": ("reward_hits", "reward_predicted_nonzero", "reward_true_nonzero"),
                "life": ("life_hits", "life_predicted", "life_true")}
-    ratios = {}
+    ratios, true = {}, {}
     for event, keys in counted.items():
         if f"{prefix}/{keys[0]}" not in metrics and event != "reward":
             continue
-        hits, predicted, true = (float(np.sum(metrics.pop(f"{prefix}/{k}", [0]))) for k in keys)
+        hits, predicted, true[event] = (float(np.sum(metrics.pop(f"{prefix}/{k}", [0]))) for k in keys)
         ratios[f"{prefix}/{event}_precision"] = hits / max(predicted, 1)
-        ratios[f"{prefix}/{event}_recall"] = hits / max(true, 1)
+        ratios[f"{prefix}/{event}_recall"] = hits / max(true[event], 1)
+    # reward_lift: the mean non-zero reward mass on rewarded steps over that on unrewarded ones (1: the
+    # head cannot tell them apart); only where both kinds of step were seen.
+    rewarded, unrewarded, steps = (float(np.sum(metrics.pop(f"{prefix}/{k}", [0])))
+                                   for k in ("reward_mass_rewarded", "reward_mass_unrewarded", "reward_steps"))
+    if 0 < true["reward"] < steps and unrewarded > 0:
+        ratios[f"{prefix}/reward_lift"] = (rewarded / true["reward"]) / (unrewarded / (steps - true["reward"]))
     return {**{k: float(np.mean(v)) for k, v in metrics.items()}, **ratios}
