@@ -1,8 +1,9 @@
 """The export variants, as data: what precision one file of a format computes in (formats.py).
 
 Quantized variants are static QDQ, calibrated on real game frames (dynamic int8 turns Conv into
-ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast path on x86 VNNI),
-`int8-arm` int8 ones (the usual advice for ARM): measure both on the target. The layer nearest each
+ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast path on x86) and
+weights in 7-bit range, so that x86 CPUs without VNNI compute what the QDQ graph says; `int8-arm`
+int8 activations (the usual advice for ARM): measure both on the target. The layer nearest each
 output stays fp32: the encoder's last 1x1 projection, whose output picks the codes, and the policy's
 logits and value heads (0.3% of the MACs). docs/int8.md has the measurements behind these choices.
 
@@ -37,6 +38,9 @@ class Variant:
     activation_type: str | None = None  # None: not quantized
     weight_type: str | None = None
     per_channel: bool = True
+    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into int16 with saturation
+    # (onnxruntime's quantization guide), so full-range weights compute something else there.
+    reduce_range: bool = False
     # Ops given to the quantizer. The codebook-distance MatMul stays fp32: quantizing it gained no
     # speed and flipped more code indices (docs/int8.md).
     op_types: tuple[str, ...] = ("Conv", "Gemm")
@@ -63,7 +67,8 @@ VARIANTS = {v.name: v for v in [
     Variant("fp32", "float32, BatchNorm folded", min_overlap=0.999),
     # Not quantized: the fp32 file, computed in bfloat16 where the runtime offers it (OpenVINO).
     Variant("bf16", "float32 weights, bfloat16 compute (OpenVINO on CPUs with bf16)", min_overlap=0.99),
-    Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights (x86 VNNI)", "QUInt8", "QInt8"),
+    Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights in 7-bit range (x86, with or without VNNI)",
+            "QUInt8", "QInt8", reduce_range=True),
     Variant("int8-arm", "static QDQ, int8 activations / int8 per-channel weights (ARM)", "QInt8", "QInt8"),
 ]}
 
@@ -145,7 +150,7 @@ class Quantizer:
         assert not unknown, f"not quantizable layers: {sorted(unknown)}"
         dst = Path(self._tmp.name) / "int8.onnx"
         quantize_static(str(self._pre), str(dst), FramesReader(self.calibration), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(v.op_types), per_channel=v.per_channel,
+                        op_types_to_quantize=list(v.op_types), per_channel=v.per_channel, reduce_range=v.reduce_range,
                         activation_type=QuantType[v.activation_type], weight_type=QuantType[v.weight_type],
                         nodes_to_exclude=list(dict.fromkeys([*self.always_fp32, *fp32_layers])),
                         calibrate_method=CalibrationMethod[v.calibration],

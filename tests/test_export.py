@@ -78,14 +78,39 @@ def test_fp32_onnx_logits_equal_torch(tiny_export, tiny_run_dir, batch):
 
 
 def test_int8_agreement_is_measured_on_real_frames(tiny_export, tiny_run_dir):
+    # Codes and the policy, not greedy actions: the tiny run's policy is near uniform, so its argmax
+    # flips between near-tied logits at any precision.
     paths, report = tiny_export
     frames = real_frames(tiny_run_dir, 64)
-    fp32, int8 = open_agent(paths["fp32"]), open_agent(paths["int8"])
-    agreement = (fp32.logits(frames).argmax(1) == int8.logits(frames).argmax(1)).mean()
+    fp32, int8 = open_agent(paths["fp32"]).outputs(frames), open_agent(paths["int8"]).outputs(frames)
     int8_row = next(r for r in report["variants"] if r["variant"] == "int8")
-    assert agreement >= 0.9 and int8_row["action_agreement"] >= 0.9 and int8_row["policy_overlap"] >= 0.97
+    assert (fp32[2] == int8[2]).mean() >= 0.95 and int8_row["code_agreement"] >= 0.95
+    assert int8_row["policy_overlap"] >= 0.97
     assert report["held_out_frames"] > 0 and report["calibration_frames"] > 0
     assert {n.op_type for n in onnx.load(paths["int8"]).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_int8_weights_within_64_so_x86_without_vnni_computes_the_qdq_graph(tiny_export, tiny_run_dir):
+    """Mutation caught: the int8 variant's `reduce_range` off. Without VNNI, onnxruntime's x86 kernels
+    sum pairs of uint8 x int8 products in int16 with saturation (255 x 127 x 2 > 32,767): its codes
+    then matched the fp32 file's on 0.79 of a tiny run's frames against 0.99 with 7-bit weights. On
+    any CPU the fused kernels must give what the QDQ graph gives computed in float."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    paths, _ = tiny_export
+    model = onnx.load(paths["int8"])
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    dequantized = [weights[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    assert dequantized and all(w.min() >= -64 and w.max() <= 64 for w in dequantized)  # 255 x 64 x 2 < 32,767
+    frames = real_frames(tiny_run_dir, 64)
+    codes = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level  # all: fused int8 kernels; none: each QDQ op on its own
+        session = ort.InferenceSession(str(paths["int8"]), options, providers=["CPUExecutionProvider"])
+        codes.append(session.run(None, {"frames": frames})[2])
+    assert (codes[0] == codes[1]).mean() >= 0.99
 
 
 def test_int8_keeps_only_the_output_layers_in_fp32(tiny_export):

@@ -154,12 +154,14 @@ def test_bench_measures_two_variants_and_compare_merges(tiny_export, tmp_path):
 def test_bench_torch_baseline_gives_a_speedup(tiny_export, tiny_run_dir, tmp_path):
     paths, _ = tiny_export
     out = tmp_path / "t.json"
-    result = dlswm("bench", paths["int8"], "--torch", tiny_run_dir, "--duration", 0.3, "--warmup", 5,
+    result = dlswm("bench", paths["fp32"], paths["int8"], "--torch", tiny_run_dir, "--duration", 0.3, "--warmup", 5,
                    "--json", out, block_torch=False)
     assert result.returncode == 0, result.stderr
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["torch-fp32"]["speedup"] == 1.0 and rows["int8"]["speedup"] > 0
-    assert rows["int8"]["agreement"] >= 0.9
+    # Greedy agreement with torch: the fp32 file computes torch's logits to ~1e-6; the tiny policy's
+    # near-tied logits leave the int8 file's argmax anywhere in [0, 1].
+    assert rows["fp32"]["agreement"] >= 0.99 and 0 <= rows["int8"]["agreement"] <= 1
 
 
 def test_bench_from_a_checkout_root_with_a_plain_install(tiny_export, tmp_path):
