@@ -2,7 +2,7 @@
 
 Quantized variants are static QDQ, calibrated on real game frames (dynamic int8 turns Conv into
 ConvInteger, which has no fast kernel). `int8` uses uint8 activations (the fast path on x86) and
-weights in 7-bit range, so that x86 CPUs without VNNI compute what the QDQ graph says; `int8-arm`
+weights within +-64, so that x86 CPUs without VNNI compute what the QDQ graph says; `int8-arm`
 int8 activations (the usual advice for ARM): measure both on the target. The layer nearest each
 output stays fp32: the encoder's last 1x1 projection, whose output picks the codes, and the policy's
 logits and value heads (0.3% of the MACs). docs/int8.md has the measurements behind these choices.
@@ -38,8 +38,8 @@ class Variant:
     activation_type: str | None = None  # None: not quantized
     weight_type: str | None = None
     per_channel: bool = True
-    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into int16 with saturation
-    # (onnxruntime's quantization guide), so full-range weights compute something else there.
+    # Weights within +-64: x86 CPUs without VNNI sum pairs of uint8 x int8 products in int16 with
+    # saturation (onnxruntime's quantization guide), so full-range weights compute something else there.
     reduce_range: bool = False
     # Ops given to the quantizer. The codebook-distance MatMul stays fp32: quantizing it gained no
     # speed and flipped more code indices (docs/int8.md).
@@ -67,7 +67,7 @@ VARIANTS = {v.name: v for v in [
     Variant("fp32", "float32, BatchNorm folded", min_overlap=0.999),
     # Not quantized: the fp32 file, computed in bfloat16 where the runtime offers it (OpenVINO).
     Variant("bf16", "float32 weights, bfloat16 compute (OpenVINO on CPUs with bf16)", min_overlap=0.99),
-    Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights in 7-bit range (x86, with or without VNNI)",
+    Variant("int8", "static QDQ, uint8 activations / int8 per-channel weights within +-64 (x86, with or without VNNI)",
             "QUInt8", "QInt8", reduce_range=True),
     Variant("int8-arm", "static QDQ, int8 activations / int8 per-channel weights (ARM)", "QInt8", "QInt8"),
 ]}

@@ -120,6 +120,12 @@ def reward_to_class(reward: torch.Tensor) -> torch.Tensor:
     return (torch.sign(reward) + 1).long()
 
 
+def nonzero_reward_mass(reward_probs: torch.Tensor) -> torch.Tensor:
+    """The reward head's probability of a non-zero reward, (..., 3) -> (...): p(-1) + p(+1), not
+    1 - p(0), which float32 rounds where p(0) is near 1."""
+    return reward_probs[..., 0] + reward_probs[..., 2]
+
+
 def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
                   codes: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, first: torch.Tensor,
                   cfg: Config, life_lost: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -160,15 +166,14 @@ def dynamics_loss(dynamics: Dynamics, embed: Callable[[torch.Tensor], torch.Tens
                           / valid.sum().clamp(min=1))
         predicted = reward_logits.argmax(1)
         reward_acc.append((predicted == r_target).float().mean())
+        rewarded = r_target != 1  # (B,)
         # Non-zero rewards are rare (2% in CrazyClimber): accuracy hides a head that never predicts one.
-        reward_hits.append(torch.stack([((predicted == r_target) & (r_target != 1)).sum(), (predicted != 1).sum(),
-                                        (r_target != 1).sum()]))
+        reward_hits.append(torch.stack([((predicted == r_target) & rewarded).sum(), (predicted != 1).sum(),
+                                        rewarded.sum()]))
         # ... nor whether its non-zero mass (what expected and sampled imagined rewards follow) is
         # higher on the steps that carry a reward: summed here, `reward_lift` in the summaries.
-        probs = reward_logits.detach().float().softmax(1)  # (B, 3)
-        nonzero = probs[:, 0] + probs[:, 2]  # (B,); not 1 - p(0), which float32 rounds where p(0) ~ 1
-        rewarded = (r_target != 1).float()
-        reward_mass.append(torch.stack([(nonzero * rewarded).sum(), (nonzero * (1 - rewarded)).sum()]))
+        nonzero = nonzero_reward_mass(reward_logits.detach().float().softmax(1))  # (B,)
+        reward_mass.append(torch.stack([(nonzero * rewarded).sum(), (nonzero * ~rewarded).sum()]))  # no mask indexing: no sync
         if t + 1 < d.teacher_forcing_steps:
             x = z[:, t + 1]
         else:

@@ -92,9 +92,8 @@ def test_int8_agreement_is_measured_on_real_frames(tiny_export, tiny_run_dir):
 
 def test_int8_weights_within_64_so_x86_without_vnni_computes_the_qdq_graph(tiny_export, tiny_run_dir):
     """Mutation caught: the int8 variant's `reduce_range` off. Without VNNI, onnxruntime's x86 kernels
-    sum pairs of uint8 x int8 products in int16 with saturation (255 x 127 x 2 > 32,767): its codes
-    then matched the fp32 file's on 0.79 of a tiny run's frames against 0.99 with 7-bit weights. On
-    any CPU the fused kernels must give what the QDQ graph gives computed in float."""
+    sum pairs of uint8 x int8 products in int16 with saturation (255 x 127 x 2 > 32,767; measured in
+    docs/int8.md). On any CPU the fused kernels must give what the QDQ graph gives computed in float."""
     import onnxruntime as ort
     from onnx import numpy_helper
 

@@ -11,7 +11,7 @@ import torch
 
 from dlswm.config import Config
 from dlswm.models import System, in_mode
-from dlswm.models.dynamics import sample_categorical, split_outcome
+from dlswm.models.dynamics import nonzero_reward_mass, sample_categorical, split_outcome
 from dlswm.models.vqvae import continuous_bernoulli_mean
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
@@ -78,7 +78,7 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
             else:
                 reward_class = sample_categorical(reward_logits)  # (N,)
                 out["rewards"].append(reward_class.float() - 1)  # classes {0, 1, 2} -> reward sign {-1, 0, +1}
-            out["reward_rate"].append(1 - reward_probs[:, 1])
+            out["reward_rate"].append(nonzero_reward_mass(reward_probs))
             if life_logit is not None:
                 out["life_lost"].append(torch.rand_like(life_logit, dtype=torch.float32) < torch.sigmoid(life_logit.float()))
             z = codebook.embed(codes)
