@@ -73,6 +73,8 @@ TABLE = [
     ("anchor KL", "ppo/anchor_kl", "{:.4f}"),
     ("eval action entropy", "eval/action_entropy", "{:.3f}"),
     ("wall min", "time/iteration_s", "{:.1f}"),
+    ("min: collect / world model / policy / eval", ("time/collect_s", "time/world_model_s", "time/policy_s",
+                                                   "time/evaluate_s"), "{:.1f}"),
 ]
 
 
@@ -81,7 +83,7 @@ def _cell(lines: list[dict], i: int, key: str, fmt: str) -> str | None:
     value = None if line is None else line.get(key.removeprefix("next:"))
     if value is None:
         return None
-    return fmt.format(value / 60 if key == "time/iteration_s" else value)
+    return fmt.format(value / 60 if key.startswith("time/") else value)  # seconds logged, minutes shown
 
 
 def iteration_table(runs: list[Path], labels: list[str] | None = None) -> str:

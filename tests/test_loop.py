@@ -39,6 +39,9 @@ def test_tiny_run_leaves_checkpoint_metrics_and_pictures(tiny_run_dir):
         assert m["throughput/wm_samples_per_s"] > 0 and m["throughput/imagined_steps_per_s"] > 0
         assert 0 <= m["dynamics/reward_acc"] <= 1 and m["vqvae/perplexity"] >= 1
     assert 0 < lines[0]["time/iteration_s"] == lines[0]["time/total_s"] < lines[1]["time/total_s"]
+    for m in lines:  # each phase timed on its own, inside its iteration (caught: a phase left untimed)
+        phases = [m[f"time/{name}_s"] for name in ("collect", "world_model", "policy", "evaluate")]
+        assert all(t > 0 for t in phases) and sum(phases) <= m["time/iteration_s"]
     assert state.wall_s == lines[1]["time/total_s"]  # carried over by a resume
     assert_best_is_the_highest_eval(tiny_run_dir, lines)
     media = sorted(p.name for p in (tiny_run_dir / "media").iterdir())
@@ -170,20 +173,23 @@ def test_curves_draws_a_png_of_runs_and_refuses_bad_input_in_one_line(tiny_run_d
 def test_curves_markdown_puts_runs_side_by_side_with_the_real_rate_that_followed_each_policy(tmp_path):
     """Hand-made metrics of two runs: a row per (iteration, run); the "real" reward rate of iteration
     i is the collection of iteration i + 1 (the policy i trained, played for real); a column no run
-    logs is left out. Mutation caught: the real rate taken from the same iteration's line."""
+    logs is left out; phase seconds are shown in minutes. Mutations caught: the real rate taken from
+    the same iteration's line; a phase's seconds shown as minutes unconverted."""
     from dlswm.experiments.curves import iteration_table
 
     runs = []
     for name, lines in {"a": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 5.0, "imagined/sign_return_per_step": 0.5},
                               {"iteration": 2, "real_steps": 200, "eval/mean_score": 7.0, "collect/sign_return_per_step": 0.25}],
-                        "b": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 6.0}]}.items():
+                        "b": [{"iteration": 1, "real_steps": 100, "eval/mean_score": 6.0, "time/policy_s": 90.0}]}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
         runs.append(tmp_path / name)
     table = iteration_table(runs, ["A", "B"]).splitlines()
-    assert table[0] == "| iteration | run | real steps | eval | imagined / real reward sign per step |"
-    assert table[2:] == ["| 1 | A | 100 | 5.0 | 0.5000 / 0.2500 |", "| 1 | B | 100 | 6.0 | - / - |",
-                         "| 2 | A | 200 | 7.0 | - / - |"]
+    assert table[0] == ("| iteration | run | real steps | eval | imagined / real reward sign per step "
+                        "| min: collect / world model / policy / eval |")
+    assert table[2:] == ["| 1 | A | 100 | 5.0 | 0.5000 / 0.2500 | - / - / - / - |",
+                         "| 1 | B | 100 | 6.0 | - / - | - / - / 1.5 / - |",
+                         "| 2 | A | 200 | 7.0 | - / - | - / - / - / - |"]
 
 
 def test_profile_times_every_phase_and_projects_the_tiny_schedule(tmp_path):

@@ -123,10 +123,12 @@ def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, t
             for it in range(done + 1, s.iterations + 1):
                 started = time.perf_counter()
                 metrics: dict[str, float] = {"iteration": it}
-                metrics.update(trainer.collect(it, phase))
-                metrics.update(trainer.train_world_model(it, phase))
-                metrics.update(trainer.train_policy(it, phase))
-                metrics.update(trainer.evaluate(it, phase))
+                # The phases in order, each timed: where a run's CPU-hours go (time/<phase>_s).
+                for name, run_phase in (("collect", trainer.collect), ("world_model", trainer.train_world_model),
+                                        ("policy", trainer.train_policy), ("evaluate", trainer.evaluate)):
+                    phase_started = time.perf_counter()
+                    metrics.update(run_phase(it, phase))
+                    metrics[f"time/{name}_s"] = time.perf_counter() - phase_started
                 trainer.pictures(it)
                 elapsed = time.perf_counter() - started
                 wall_s += elapsed
