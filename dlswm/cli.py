@@ -421,6 +421,7 @@ def bench(
     batch: Annotated[int, typer.Option(help="Frame stacks per call.")] = 1,
     warmup: Annotated[int, typer.Option(help="Untimed calls before measuring.")] = 50,
     duration: Annotated[float, typer.Option(help="Seconds of timed calls per variant.")] = 3.0,
+    rounds: Annotated[int, typer.Option(help="Measure every file this many times, in turn (A B A B); each row is the median round.")] = 1,
     torch_run: Annotated[Path | None, typer.Option("--torch", help="Also measure the run's weights in torch eager fp32 (needs the train extra).")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Merge bench JSON results from several machines.")] = False,
     peak: Annotated[bool, typer.Option("--peak", help="Measure this machine's int8/fp32 matmul peak; print each variant's distance from its floor (needs onnx).")] = False,
@@ -446,7 +447,7 @@ def bench(
             raise UserError(f"--duration must be a number of seconds in (0, 3600], got {duration}")
         log = console(stderr=True)
         result = benchmark.bench(files, thread_counts, batch, warmup, duration, torch_run, peak,
-                                 progress=lambda msg: log.log(f"measuring {msg}"), runtime=runtime)
+                                 progress=lambda msg: log.log(f"measuring {msg}"), runtime=runtime, rounds=rounds)
         row = result["rows"][0]
         title = (f"dlswm bench: {result['game']}, {row['params']:,} params, {row['mmacs']:.1f}M MACs, "
                  f"batch {batch}, {result['machine']['cpu']}")

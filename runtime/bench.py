@@ -83,13 +83,16 @@ def check_same_agent(run: Path, card: ModelCard, source: str) -> None:
 
 def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
           torch_run: Path | None, peak: bool = False, progress=lambda msg: None,
-          runtime: str | None = None) -> dict[str, Any]:
+          runtime: str | None = None, rounds: int = 1) -> dict[str, Any]:
     """Every file on its runtime (or all on `runtime`), side by side, each (file, threads) in a
-    fresh process."""
+    fresh process. With `rounds` > 1 every measurement is repeated that many times, the files taken
+    in turn within each round (A B A B, not A A B B), and each row reports the median round: on a
+    shared or throttling machine the p50 drifts between processes as much as files differ, and
+    interleaving spreads that drift over all of them."""
     if not models:
         raise UserError("give at least one agent file")
-    if any(t < 1 for t in threads) or batch < 1 or duration <= 0 or warmup < 0:
-        raise UserError("--threads and --batch must be at least 1, --duration positive, --warmup not negative")
+    if any(t < 1 for t in threads) or batch < 1 or duration <= 0 or warmup < 0 or rounds < 1:
+        raise UserError("--threads, --batch and --rounds must be at least 1, --duration positive, --warmup not negative")
     agents = [open_agent(m, runtime=runtime) for m in models]  # validates every file before any measurement
     card = agents[0].card
     for a in agents[1:]:
@@ -106,14 +109,18 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
         frames_path = Path(tmp) / "frames.npy"
         np.save(frames_path, real_frames(card, max(FRAMES, batch)))
         for t in threads:
-            for a in agents:
-                progress(f"{a.card.variant} ({a.path.name}) on {a.runtime}, {t} thread(s)")
-                result = _measure(a.runtime, a.path, t, batch, warmup, duration, frames_path)
-                rows.append(_row(label, a.runtime, a.card.variant, t, batch, a.card, file_mb(a.path), result))
+            # (runtime, file, variant, its card, file MB, what the progress line calls it), torch last
+            jobs = [(a.runtime, a.path, a.card.variant, a.card, file_mb(a.path), f"{a.card.variant} ({a.path.name}) on {a.runtime}")
+                    for a in agents]
             if torch_run is not None:
-                progress(f"torch eager fp32 ({torch_run}), {t} thread(s)")
-                result = _measure("torch", torch_run, t, batch, warmup, duration, frames_path)
-                rows.append(_row(label, "torch", "torch-fp32", t, batch, card, None, result))
+                jobs.append(("torch", torch_run, "torch-fp32", card, None, f"torch eager fp32 ({torch_run})"))
+            results: list[list[dict[str, Any]]] = [[] for _ in jobs]
+            for r in range(rounds):
+                for (kind, path, _, _, _, name), done in zip(jobs, results):
+                    progress(f"{name}, {t} thread(s)" + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
+                    done.append(_measure(kind, path, t, batch, warmup, duration, frames_path))
+            for (kind, _, variant, job_card, size, _), done in zip(jobs, results):
+                rows.append(_row(label, kind, variant, t, batch, job_card, size, median_round(done)))
     _relate(rows)
     peaks = {}
     if peak:
@@ -125,8 +132,18 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
             floor_ms = r["mmacs"] * 1e6 * batch / (peaks[r["threads"]][kind] * 1e9) * 1e3
             r["floor_ms"], r["x_floor"] = floor_ms, r["p50_ms"] / floor_ms
     return {"dlswm_version": dlswm.__version__, "machine": host, "game": card.game,
-            "settings": {"threads": threads, "batch": batch, "warmup": warmup, "duration_s": duration},
+            "settings": {"threads": threads, "batch": batch, "warmup": warmup, "duration_s": duration, "rounds": rounds},
             "peak_gmacs": peaks, "rows": rows}
+
+
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose p50 is the median of the rounds' (the lower middle one for an even count),
+    whole, so its percentiles stay one measurement's; with the rounds' p50s beside it."""
+    ordered = sorted(results, key=lambda r: r["latency"]["p50_ms"])
+    middle = ordered[(len(ordered) - 1) // 2]
+    p50s = [r["latency"]["p50_ms"] for r in results]
+    spread = max(p50s) - min(p50s) if len(p50s) > 1 else None
+    return {**middle, "latency": {**middle["latency"], "p50_ms_rounds": p50s, "p50_spread_ms": spread}}
 
 
 def _relate(rows: list[dict[str, Any]]) -> None:

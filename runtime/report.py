@@ -54,7 +54,8 @@ def _ms(lat: dict[str, float]) -> str:
 BENCH_COLUMNS = [  # (header, row key, format)
     ("machine", "machine", "{}"), ("runtime", "runtime", "{}"), ("variant", "variant", "{}"), ("thr", "threads", "{}"),
     ("MB", "size_mb", "{:.2f}"), ("params", "params", "{:,}"), ("MMACs", "mmacs", "{:.1f}"),
-    ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("p99 ms", "p99_ms", "{:.3f}"),
+    ("p50 ms", "p50_ms", "{:.3f}"), ("p50 spread", "p50_spread_ms", "{:.3f}"),  # max - min over --rounds
+    ("p90 ms", "p90_ms", "{:.3f}"), ("p99 ms", "p99_ms", "{:.3f}"),
     ("inf/s", "inferences_per_s", "{:.0f}"), ("GMAC/s", "gmacs_per_s", "{:.1f}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"), ("agree", "agreement", "{:.3f}"), ("speed-up", "speedup", "{:.2f}x"),
     ("x floor", "x_floor", "{:.2f}"),
@@ -70,7 +71,7 @@ def _cells(row: dict[str, Any], columns: list[tuple[str, str, str]]) -> list[str
 
 def bench_table(rows: list[dict[str, Any]], title: str) -> Table:
     drop = TERMINAL_DROP | ({"machine"} if len({r["machine"] for r in rows}) == 1 else set())
-    drop |= {"x_floor"} if all(r.get("x_floor") is None for r in rows) else set()
+    drop |= {key for key in ("x_floor", "p50_spread_ms") if all(r.get(key) is None for r in rows)}
     columns = [c for c in BENCH_COLUMNS if c[1] not in drop]
     table = Table(title=title)
     for header, key, _ in columns:

@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from dlswm.errors import UserError
+from dlswm.runtime.bench import bench, median_round
 from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
@@ -151,6 +152,31 @@ def test_bench_measures_two_variants_and_compare_merges(tiny_export, tmp_path):
     assert len(table) == 2 + 4 and any("board (Other CPU)" in line for line in table)
 
 
+def test_bench_rounds_take_the_files_in_turn_and_report_the_median_round(tiny_export):
+    """Catches: rounds run back to back per file (A A B B, where the machine's drift lands on one
+    file), a row per round instead of per file, or a row's p50 not one of its rounds'."""
+    paths, _ = tiny_export
+    measured = []
+    result = bench([paths["fp32"], paths["int8"]], [1], 1, 2, 0.1, None, rounds=3,
+                   progress=lambda msg: measured.append(msg.split(" ")[0]))
+    assert measured == ["fp32", "int8"] * 3
+    assert [r["variant"] for r in result["rows"]] == ["fp32", "int8"] and result["settings"]["rounds"] == 3
+    for row in result["rows"]:
+        assert len(row["p50_ms_rounds"]) == 3 and row["p50_ms"] == sorted(row["p50_ms_rounds"])[1]
+        assert row["p50_spread_ms"] == max(row["p50_ms_rounds"]) - min(row["p50_ms_rounds"])
+
+
+def test_median_round_keeps_one_rounds_percentiles_whole():
+    """Catches: percentiles taken as medians one by one (a p90 from another round than the p50, which
+    can put a p90 under its p50) or the mean of the rounds' p50s."""
+    rounds = [{"latency": {"p50_ms": p50, "p90_ms": p90}, "peak_rss_mb": rss}
+              for p50, p90, rss in [(1.0, 1.1, 80), (3.0, 3.1, 81), (2.0, 5.0, 82), (9.0, 9.5, 83)]]
+    row = median_round(rounds)
+    assert row["latency"]["p50_ms"] == 2.0 and row["latency"]["p90_ms"] == 5.0 and row["peak_rss_mb"] == 82
+    assert row["latency"]["p50_ms_rounds"] == [1.0, 3.0, 2.0, 9.0] and row["latency"]["p50_spread_ms"] == 8.0
+    assert median_round(rounds[:1])["latency"]["p50_spread_ms"] is None
+
+
 def test_bench_torch_baseline_gives_a_speedup(tiny_export, tiny_run_dir, tmp_path):
     paths, _ = tiny_export
     out = tmp_path / "t.json"
@@ -272,7 +298,7 @@ def test_bad_options_give_one_line_errors(tiny_export, args, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--threads", ","], "--threads"), (["--threads", "10000"], "--threads"), (["--threads", "0,2"], "--threads"),
-    (["--duration", "nan"], "--duration"), (["--duration", "0"], "--duration"),
+    (["--duration", "nan"], "--duration"), (["--duration", "0"], "--duration"), (["--rounds", "0"], "--rounds"),
     (["--markdown", "/proc/b.md"], "cannot write"),
 ])
 def test_bad_bench_options_give_one_line_errors_before_measuring(tiny_export, args, words):
