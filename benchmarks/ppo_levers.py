@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from dlswm.config import apply_overrides
 from dlswm.run_dir import RunDir
-from dlswm.train.checkpoint import RunState
 from dlswm.train.trainer import Trainer
 
 KEYS = ("imagined/return", "imagined/sign_return_per_step", "ppo/entropy", "ppo/anchor_kl", "ppo/clip_frac")
@@ -33,16 +29,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="ppo.* overrides")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    run = RunDir(args.run)
-    state = RunState.load(run.checkpoint)
     if any(not o.startswith("ppo.") for o in args.overrides):
         parser.error("only ppo.* settings change what this measures")
-    cfg = apply_overrides(state.config, args.overrides)
-    trainer = Trainer(cfg, torch.device("cpu"), args.threads, run)
-    try:
-        trainer.restore(state)
-    finally:
-        trainer.close()
+    trainer, state = Trainer.from_checkpoint(RunDir(args.run), args.overrides, args.threads)
+    trainer.close()
+    cfg = trainer.cfg
     for group in trainer.policy.optimizer.param_groups:  # the checkpoint's optimizer state carries its lr
         group["lr"] = cfg.ppo.lr
     trainer.policy.set_anchor()

@@ -17,11 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from dlswm.config import apply_overrides
 from dlswm.run_dir import RunDir
-from dlswm.train.checkpoint import RunState
 from dlswm.train.real_env import torch_policy
 from dlswm.train.trainer import Trainer, env_seed
 
@@ -40,13 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     if any(not o.startswith(("dynamics.", "vqvae.")) for o in args.overrides):
         parser.error("only dynamics.* and vqvae.* settings change what this measures")
-    run = RunDir(args.run)
-    state = RunState.load(run.checkpoint)
-    cfg = apply_overrides(state.config, args.overrides)
-    trainer = Trainer(cfg, torch.device("cpu"), args.threads, run)
+    trainer, state = Trainer.from_checkpoint(RunDir(args.run), args.overrides, args.threads)
+    cfg, it = trainer.cfg, state.iteration + 1
     try:
-        trainer.restore(state)
-        it = state.iteration + 1
         policy = torch_policy(trainer.system, trainer.device, cfg.policy.collect_temperature, seed=cfg.seed + it)
         held_out, _, stats = trainer.collector.collect(policy, cfg.schedule.steps_per_iteration,
                                                        env_seed(cfg.seed, it, "collect"), lambda n: None)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,6 +81,15 @@ def check_same_agent(run: Path, card: ModelCard, source: str) -> None:
                         f"{source} was exported from ({card.game}, preset {theirs['preset']})")
 
 
+class _Job(NamedTuple):
+    name: str  # what the progress line calls it
+    runtime: str  # the worker's kind: a runtime, or "torch"
+    path: Path
+    variant: str
+    card: ModelCard
+    size_mb: float | None
+
+
 def bench(models: list[Path], threads: list[int], batch: int, warmup: int, duration: float,
           torch_run: Path | None, peak: bool = False, progress=lambda msg: None,
           runtime: str | None = None, rounds: int = 1) -> dict[str, Any]:
@@ -102,6 +111,11 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
         if importlib.util.find_spec("torch") is None:  # the worker imports it, not us
             raise UserError("--torch needs torch: pip install 'dlswm[train]'", code=1)
         check_same_agent(torch_run, card, str(agents[0].path))
+    # What is measured, in table order: each file, then torch's eager fp32 of --torch
+    jobs = [_Job(f"{a.card.variant} ({a.path.name}) on {a.runtime}", a.runtime, a.path, a.card.variant, a.card,
+                 file_mb(a.path)) for a in agents]
+    if torch_run is not None:
+        jobs.append(_Job(f"torch eager fp32 ({torch_run})", "torch", torch_run, "torch-fp32", card, None))
     host = machine()
     label = str(host["hostname"])
     rows = []
@@ -109,18 +123,13 @@ def bench(models: list[Path], threads: list[int], batch: int, warmup: int, durat
         frames_path = Path(tmp) / "frames.npy"
         np.save(frames_path, real_frames(card, max(FRAMES, batch)))
         for t in threads:
-            # (runtime, file, variant, its card, file MB, what the progress line calls it), torch last
-            jobs = [(a.runtime, a.path, a.card.variant, a.card, file_mb(a.path), f"{a.card.variant} ({a.path.name}) on {a.runtime}")
-                    for a in agents]
-            if torch_run is not None:
-                jobs.append(("torch", torch_run, "torch-fp32", card, None, f"torch eager fp32 ({torch_run})"))
             results: list[list[dict[str, Any]]] = [[] for _ in jobs]
             for r in range(rounds):
-                for (kind, path, _, _, _, name), done in zip(jobs, results):
-                    progress(f"{name}, {t} thread(s)" + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
-                    done.append(_measure(kind, path, t, batch, warmup, duration, frames_path))
-            for (kind, _, variant, job_card, size, _), done in zip(jobs, results):
-                rows.append(_row(label, kind, variant, t, batch, job_card, size, median_round(done)))
+                for job, done in zip(jobs, results):
+                    progress(f"{job.name}, {t} thread(s)" + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
+                    done.append(_measure(job.runtime, job.path, t, batch, warmup, duration, frames_path))
+            for job, done in zip(jobs, results):
+                rows.append(_row(label, job.runtime, job.variant, t, batch, job.card, job.size_mb, median_round(done)))
     _relate(rows)
     peaks = {}
     if peak:

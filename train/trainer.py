@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dlswm.config import Config
+from dlswm.config import Config, apply_overrides
 from dlswm.errors import UserError
 from dlswm.models import System, in_mode
 from dlswm.run_dir import RunDir
@@ -56,6 +56,19 @@ class Trainer:
         return f"iter {it}/{self.cfg.schedule.iterations}"
 
     # ---- resume ----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, run: RunDir, overrides: list[str], threads: int | None = None) -> tuple[Trainer, RunState]:
+        """On the CPU, where the run's last checkpoint left it, with `overrides` applied to its config:
+        the common start of the levers benchmarks. The collection envs stay open (`close` them)."""
+        state = RunState.load(run.checkpoint)
+        trainer = cls(apply_overrides(state.config, overrides), torch.device("cpu"), threads, run)
+        try:
+            trainer.restore(state)
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer, state
+
     def restore(self, state: RunState) -> None:
         """Where `state` left the run: networks, optimizers, random streams, the buffer from the
         run's chunks, and the persistent collection envs replayed to where they were."""
