@@ -383,6 +383,7 @@ def play(
 
     from dlswm.atomic import check_outputs, write_result
     from dlswm.runtime.gif import GifWriter
+    from dlswm.runtime.machine import int8_saturates
     from dlswm.runtime.play import check, default_agent, play as play_games
     from dlswm.runtime.report import play_table
     from dlswm.runtime.session import open_agent
@@ -395,6 +396,10 @@ def play(
     if model is not None and game is not None:
         raise UserError("give a model or --game (its shipped agent), not both")
     agent = open_agent(model or default_agent(game), device, threads, runtime)
+    if int8_saturates(agent.card.quantization, agent.runtime):
+        typer.echo(f"warning: {agent.path}: full-range int8 weights on an x86 CPU without VNNI: onnxruntime sums "
+                   "their products with saturation here, so the agent plays slightly off its graph; a file with "
+                   "weights within +-64 (today's `int8` variant) does not (docs/int8.md)", err=True)
     if temperature is None:
         temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
     check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line

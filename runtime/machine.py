@@ -39,6 +39,21 @@ def machine() -> dict[str, object]:
             "onnxruntime": ort.__version__}
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 int8 dot products that sum in int32
+
+
+def int8_saturates(quantization: dict[str, object], runtime: str, info: dict[str, object] | None = None) -> bool:
+    """Whether onnxruntime on this CPU sums a quantized file's products with saturation: x86
+    without VNNI multiplies uint8 activations by int8 weights into int16 pairs (255 x 127 x 2 >
+    32,767), so full-range int8 weights compute something off their graph; weights within +-64
+    (`reduce_range`) do not (docs/int8.md). ARM's dot products and VNNI sum in int32."""
+    info = info or machine()
+    return (runtime == "onnxruntime" and quantization.get("weight_type") == "QInt8"
+            and not quantization.get("reduce_range", False)
+            and str(info["arch"]).lower() in ("x86_64", "amd64")
+            and not set(VNNI_FLAGS) & set(info["flags"]))  # type: ignore[arg-type]
+
+
 def _proc_status_mb(field: str) -> float | None:
     """A memory line of /proc/self/status (Linux) in MB; None elsewhere."""
     try:

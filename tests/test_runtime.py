@@ -18,6 +18,7 @@ from dlswm.runtime.bench import bench, median_round
 from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
+from dlswm.runtime.machine import int8_saturates
 from dlswm.runtime.model_card import METADATA_KEY
 from dlswm.runtime.play import (action_probs, choose, default_agent, export_report_path, random_baseline, run_episodes,
                                 shipped_agents)
@@ -393,3 +394,21 @@ def test_the_native_vector_env_steps_exactly_as_ale_pys_gymnasium_env():
             assert (a == b).all()
         ends += int(mine[3].sum())
     assert ends >= 4  # the 60-step cap cut episodes and both envs reset alike after
+
+
+AVX2 = {"arch": "x86_64", "flags": ["sse4_2", "avx", "avx2", "fma"]}
+FULL_RANGE = {"activation_type": "QUInt8", "weight_type": "QInt8"}  # the shipped CrazyClimber file's
+
+
+@pytest.mark.parametrize("quantization, runtime, info, saturates, catches", [
+    (FULL_RANGE, "onnxruntime", AVX2, True, "the warning never given"),
+    ({**FULL_RANGE, "reduce_range": True}, "onnxruntime", AVX2, False, "weights within +-64 not told apart"),
+    ({"activation_type": "QInt8", "weight_type": "QInt8"}, "onnxruntime", AVX2, True,
+     "int8-arm exempted, though x86 shifts its activations to uint8 and saturates alike (docs/int8.md)"),
+    (FULL_RANGE, "onnxruntime", {**AVX2, "flags": AVX2["flags"] + ["avx512_vnni"]}, False, "VNNI not looked for"),
+    (FULL_RANGE, "onnxruntime", {"arch": "aarch64", "flags": ["asimd", "asimddp"]}, False, "ARM taken for x86"),
+    ({}, "onnxruntime", AVX2, False, "a float file warned about"),
+    (FULL_RANGE, "openvino", AVX2, False, "another runtime's kernels judged by onnxruntime's"),
+])
+def test_int8_saturates_only_full_range_weights_on_x86_without_vnni(quantization, runtime, info, saturates, catches):
+    assert int8_saturates(quantization, runtime, info) is saturates, catches
