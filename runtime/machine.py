@@ -47,11 +47,12 @@ def int8_saturates(quantization: dict[str, object], runtime: str, info: dict[str
     without VNNI multiplies uint8 activations by int8 weights into int16 pairs (255 x 127 x 2 >
     32,767), so full-range int8 weights compute something off their graph; weights within +-64
     (`reduce_range`) do not (docs/int8.md). ARM's dot products and VNNI sum in int32."""
+    full_range = quantization.get("weight_type") == "QInt8" and not quantization.get("reduce_range", False)
+    if runtime != "onnxruntime" or not full_range:
+        return False  # without reading the CPU
     info = info or machine()
-    return (runtime == "onnxruntime" and quantization.get("weight_type") == "QInt8"
-            and not quantization.get("reduce_range", False)
-            and str(info["arch"]).lower() in ("x86_64", "amd64")
-            and not set(VNNI_FLAGS) & set(info["flags"]))  # type: ignore[arg-type]
+    flags = set(info["flags"])  # type: ignore[arg-type]
+    return str(info["arch"]).lower() in ("x86_64", "amd64") and not flags & set(VNNI_FLAGS)
 
 
 def _proc_status_mb(field: str) -> float | None:
