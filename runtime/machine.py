@@ -55,6 +55,20 @@ def int8_saturates(quantization: dict[str, object], runtime: str, info: dict[str
     return str(info["arch"]).lower() in ("x86_64", "amd64") and not flags & set(VNNI_FLAGS)
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing). Called
+    at points outside the timed loop (after a session is built, after each game): the model
+    loader's freed buffers otherwise stay resident for the whole play (docs/performance.md)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        pass
+
+
 def _proc_status_mb(field: str) -> float | None:
     """A memory line of /proc/self/status (Linux) in MB; None elsewhere."""
     try:

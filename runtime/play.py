@@ -21,7 +21,7 @@ from dlswm.errors import UserError
 from dlswm.runtime.atari import make_env
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
-from dlswm.runtime.machine import machine, peak_rss_mb, rss_mb
+from dlswm.runtime.machine import machine, peak_rss_mb, release_free_heap, rss_mb
 from dlswm.runtime.contract import action_probs, choose  # noqa: F401 (action_probs: re-exported)
 from dlswm.runtime.reference_scores import RANDOM_HUMAN, human_normalized
 from dlswm.runtime.runtimes import RUNTIMES, file_mb
@@ -127,6 +127,7 @@ def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarra
             if record is not None:
                 record.add(obs[0, -1])  # how the episode ended
             out.results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
+            release_free_heap()  # between games, outside the timed steps
             out.rss_after_mb.append(rss_mb())
     finally:
         env.close()

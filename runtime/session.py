@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dlswm.errors import UserError
+from dlswm.runtime.machine import release_free_heap
 from dlswm.runtime.model_card import ModelCard
 from dlswm.runtime.runtimes import Outputs, runtime_for
 
@@ -47,6 +48,7 @@ def open_agent(path: str | Path, device: str = "cpu", threads: int = 1, runtime:
         raise UserError(f"{path} is a directory; pass an agent file exported by `dlswm export`")
     chosen = runtime_for(path, runtime)
     loaded = chosen.open(path, threads, device)
+    release_free_heap()  # what loading freed (the parsed graph, optimizer scratch) leaves the RSS
     card = ModelCard.from_metadata(loaded.metadata, str(path))
     card.check(str(path), loaded.input_shape, loaded.logits_width)
     return Agent(loaded.outputs, card, path, threads, chosen.name, loaded.device)

@@ -83,6 +83,45 @@ def test_per_step_times_are_float32_and_an_untimed_run_keeps_none(tiny_export):
     assert len(run_episodes(card.env_config, lambda obs: uniform, 1, 0, 1.0, max_steps=40, timed=False).step_s) == 0
 
 
+@pytest.mark.skipif(sys.platform != "linux" or not hasattr(__import__("ctypes").CDLL(None), "malloc_trim"),
+                    reason="glibc's malloc_trim")
+def test_release_free_heap_returns_freed_pages_inside_the_heap():
+    # Catches a release that hands nothing back (the call lost, or the wrong C library's symbol
+    # swallowed by its except): the blocks freed here lie under a live one, so no heap shrinking
+    # from the top (glibc's own trim threshold) returns them either.
+    import ctypes
+
+    from dlswm.runtime.machine import release_free_heap, rss_mb
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 * 1024) for _ in range(400)]  # 25 MB under the mmap threshold: heap
+    for b in blocks:
+        ctypes.memset(b, 1, 64 * 1024)  # resident
+    keep = libc.malloc(64 * 1024)  # above them: the freed blocks are not the heap's top
+    for b in blocks:
+        libc.free(b)
+    before = rss_mb()
+    release_free_heap()
+    assert before - rss_mb() > 15  # most of the 25 MB
+    libc.free(keep)
+
+
+def test_play_releases_the_free_heap_once_per_game_and_after_loading(tiny_export, monkeypatch):
+    # Catches the release unwired from `open_agent` or from the end of a game (docs/performance.md:
+    # ~2-3 MB of a 30-game play's RSS), or moved inside the timed per-step loop.
+    import dlswm.runtime.play as play_module
+    import dlswm.runtime.session as session_module
+
+    calls = []
+    monkeypatch.setattr(session_module, "release_free_heap", lambda: calls.append("load"))
+    monkeypatch.setattr(play_module, "release_free_heap", lambda: calls.append("game"))
+    agent = open_agent(tiny_export[0]["int8"])
+    play_module.play(agent, episodes=2, seed=0, temperature=1.0, max_steps=30)
+    assert calls == ["load", "game", "game"]
+
+
 def test_random_baseline_is_uniform_and_repeatable_per_seed(tiny_export):
     card = open_agent(tiny_export[0]["int8"]).card
     first, again = (random_baseline(card.env_config, card.num_actions, 2, seed=5, max_steps=80) for _ in range(2))
