@@ -37,7 +37,7 @@ def _agent_key(game: str) -> str:
 
 
 def shipped_agents() -> dict[str, Path]:
-    """The agents shipped in the package (runtime/agents/`<game>.int8.onnx`), by game key."""
+    """The agents shipped in the package (runtime/agents/`<game>.<variant>.onnx`), by game key."""
     files = importlib.resources.files("dlswm.runtime.agents").iterdir()
     return {p.name.split(".")[0]: Path(str(p)) for p in sorted(files, key=lambda p: p.name) if p.name.endswith(".onnx")}
 

@@ -358,13 +358,14 @@ def test_play_with_no_model_argument_plays_the_shipped_crazyclimber_agent(tmp_pa
 
 @pytest.mark.parametrize("key", sorted(shipped_agents()))
 def test_every_shipped_agent_passed_the_gate_and_plays_its_game_by_name(key, tmp_path):
-    """Each shipped agent: an int8 export of a trained `cpu` run that passed the parity gate, with its
-    export report beside it, and `dlswm play --game G` plays it."""
+    """Each shipped agent: an int8 export (x86 `int8` or full-range `int8-arm`) of a trained `cpu` run
+    that passed the parity gate, with its export report beside it, and `dlswm play --game G` plays it."""
     path = shipped_agents()[key]
     card = open_agent(path).card
     export = json.loads(export_report_path(path).read_text())
     row = next(r for r in export["variants"] if r["variant"] == card.variant)
-    assert card.variant == "int8" and row["written"] and not row["below_threshold"]
+    assert card.variant in ("int8", "int8-arm") and path.name == f"{key}.{card.variant}.onnx"
+    assert row["written"] and not row["below_threshold"]
     assert card.game == export["game"] and card.provenance["iteration"] == export["iteration"]
     assert card.provenance["preset"] == "cpu" and card.provenance["real_steps"] > 0
     result = dlswm("play", "--game", card.game, "--max-steps", 20, "--json", tmp_path / "play.json")
