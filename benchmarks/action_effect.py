@@ -25,7 +25,7 @@ import torch
 from dlswm.models import in_mode
 from dlswm.models.dynamics import sample_categorical, split_outcome
 from dlswm.run_dir import RunDir
-from dlswm.train.imagine import start_context
+from dlswm.train.imagine import start_context, warm_start
 from dlswm.train.trainer import Trainer
 
 
@@ -38,21 +38,14 @@ def action_values(trainer: Trainer, states: int, repeats: int, horizon: int) -> 
     A, gamma = trainer.game.num_actions, cfg.ppo.gamma
     context = start_context(trainer.buffer, cfg, states, trainer.rng, trainer.device)
     with in_mode(system, False):
-        N, C = context["actions"].shape
-        z_e = system.vqvae.encoder(context["obs"].flatten(0, 1)).float()  # (N * C, D, n, n)
-        real = codebook.quantize(z_e)[1].view(N, C, *z_e.shape[1:])  # (N, C, D, n, n)
-        state = dynamics.initial_state(N, real[:, 0])
-        for t in range(C - 1):
-            _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
-        z0 = real[:, -1]  # (N, D, n, n)
+        z0, state, reset0 = warm_start(system, context)  # (N, D, n, n), the state after the context, (N,)
+        N = len(z0)
         probs = policy(z0)[0].softmax(-1)  # (N, A)
         # Every (state, action, repeat) as one batch: index b = (s * A + a) * R + r.
-        B = N * A * repeats
         expand = lambda x: x.repeat_interleave(A * repeats, 0)  # noqa: E731
-        z, st = expand(z0), [(expand(h), expand(c)) for h, c in state]
-        reset = expand(context["first"][:, -1])
-        action = torch.arange(A).repeat_interleave(repeats).repeat(N)  # (B,)
-        q = torch.zeros(B)
+        z, st, reset = expand(z0), [(expand(h), expand(c)) for h, c in state], expand(reset0)
+        action = torch.arange(A).repeat_interleave(repeats).repeat(N)  # (N * A * R,)
+        q = torch.zeros(len(action))
         for t in range(horizon):
             if t > 0:
                 action = torch.distributions.Categorical(logits=policy(z)[0]).sample()

@@ -3,12 +3,14 @@ the process's memory. Works on Linux (x86, Raspberry Pi, Jetson) and falls back 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
 import onnxruntime as ort
 
@@ -55,18 +57,26 @@ def int8_saturates(quantization: dict[str, object], runtime: str, info: dict[str
     return str(info["arch"]).lower() in ("x86_64", "amd64") and not flags & set(VNNI_FLAGS)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, looked up once; None where the C library has none (musl, macOS)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_heap() -> None:
     """Hand the C heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing). Called
     at points outside the timed loop (after a session is built, after each game): the model
     loader's freed buffers otherwise stay resident for the whole play (docs/performance.md)."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
-        pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _proc_status_mb(field: str) -> float | None:

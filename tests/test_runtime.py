@@ -18,6 +18,7 @@ from dlswm.runtime.bench import bench, median_round
 from dlswm.runtime.contract import policy_overlap
 from dlswm.runtime.gif import GifWriter
 from dlswm.runtime.latency import percentiles
+import dlswm.runtime.machine as machine_module
 from dlswm.runtime.machine import int8_saturates
 from dlswm.runtime.model_card import METADATA_KEY
 from dlswm.runtime.play import (action_probs, choose, default_agent, export_report_path, random_baseline, run_episodes,
@@ -83,8 +84,7 @@ def test_per_step_times_are_float32_and_an_untimed_run_keeps_none(tiny_export):
     assert len(run_episodes(card.env_config, lambda obs: uniform, 1, 0, 1.0, max_steps=40, timed=False).step_s) == 0
 
 
-@pytest.mark.skipif(sys.platform != "linux" or not hasattr(__import__("ctypes").CDLL(None), "malloc_trim"),
-                    reason="glibc's malloc_trim")
+@pytest.mark.skipif(machine_module._malloc_trim() is None, reason="glibc's malloc_trim")
 def test_release_free_heap_returns_freed_pages_inside_the_heap():
     # Catches a release that hands nothing back (the call lost, or the wrong C library's symbol
     # swallowed by its except): the blocks freed here lie under a live one, so no heap shrinking

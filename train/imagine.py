@@ -11,7 +11,7 @@ import torch
 
 from dlswm.config import Config
 from dlswm.models import System, in_mode
-from dlswm.models.dynamics import nonzero_reward_mass, sample_categorical, split_outcome
+from dlswm.models.dynamics import State, nonzero_reward_mass, sample_categorical, split_outcome
 from dlswm.models.vqvae import continuous_bernoulli_mean
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.ppo import gae, ppo_loss
@@ -25,6 +25,20 @@ def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Gene
     length = cfg.dynamics.teacher_forcing_steps
     seq = buffer.sequence_tensors(rng.choice(buffer.sequence_starts(length), n), length, device)
     return {k: seq[k] for k in ("obs", "actions", "first")}
+
+
+def warm_start(system: System, context: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, torch.Tensor]:
+    """Where imagined rollouts go on from: the context's windows encoded and quantized, the dynamics
+    model run teacher-forced over their first C - 1 steps (as in training). Returns the last real
+    embeddings z (N, D, 6, 6), the recurrent state after them and their reset flags (N,)."""
+    codebook, dynamics = system.vqvae.codebook, system.dynamics
+    N, C = context["actions"].shape
+    z_e = system.vqvae.encoder(context["obs"].flatten(0, 1)).float()  # (N * C, D, 6, 6)
+    real = codebook.quantize(z_e)[1].view(N, C, *z_e.shape[1:])  # (N, C, D, 6, 6)
+    state = dynamics.initial_state(N, real[:, 0])
+    for t in range(C - 1):
+        _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
+    return real[:, -1], state, context["first"][:, -1]
 
 
 @torch.no_grad()
@@ -45,17 +59,11 @@ def imagine(system: System, context: dict[str, torch.Tensor], horizon: int, deco
     old and new log-probs compare like with like.
     """
     codebook, dynamics, policy = system.vqvae.codebook, system.dynamics, system.policy
-    N, C = context["actions"].shape
     # One autocast region for the whole rollout: autocast then casts each weight to bf16 once,
     # not once per step (its cache lives until the outermost region exits). The context is encoded
     # in it too, as world-model training encodes its windows.
     with bf16_autocast(context["obs"].device, amp):
-        z_e = system.vqvae.encoder(context["obs"].flatten(0, 1)).float()  # (N * C, D, 6, 6)
-        real = codebook.quantize(z_e)[1].view(N, C, *z_e.shape[1:])  # (N, C, D, 6, 6)
-        state = dynamics.initial_state(N, real[:, 0])
-        for t in range(C - 1):
-            _, _, state = dynamics.step(real[:, t], context["actions"][:, t], state, reset=context["first"][:, t])
-        z, reset = real[:, -1], context["first"][:, -1]
+        z, state, reset = warm_start(system, context)
         out = defaultdict(list)
         for _ in range(horizon):
             logits, value = policy(z, amp)  # (N, A), (N,): fp32 heads
