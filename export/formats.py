@@ -17,7 +17,6 @@ value heads) stay float in every format, as in the ONNX variants (variants.py sa
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import tempfile
@@ -30,6 +29,7 @@ import onnx
 import torch
 
 from dlswm.errors import UserError
+from dlswm.export.equalize import fold_batchnorm
 from dlswm.export.onnx_graph import attach_card, save_model
 from dlswm.export.variants import Quantizer, Variant
 from dlswm.runtime.model_card import METADATA_KEY, ModelCard
@@ -166,7 +166,9 @@ class TorchEdgeMaker:
     module name, observers calibrate on the frames one at a time, `convert_pt2e` folds them in."""
 
     def __init__(self, agent: torch.nn.Module, variant: Variant, calibration: np.ndarray, backend: str):
-        self.agent, self.variant, self.backend = _fold_batchnorm(agent), variant, backend
+        # prepare_pt2e would fold each BatchNorm itself, into new weight nodes that no module name
+        # reaches: those convs would stay float. Folded here, each conv keeps its name.
+        self.agent, self.variant, self.backend = fold_batchnorm(agent), variant, backend
         self.calibration = torch.from_numpy(calibration)
         self.example = (self.calibration[:1],)
         outputs = {"encoder.proj.1", "policy.actor", "policy.critic"}  # nearest the outputs: float
@@ -221,21 +223,6 @@ class TorchEdgeMaker:
 
     def close(self) -> None:
         pass
-
-
-def _fold_batchnorm(agent: torch.nn.Module) -> torch.nn.Module:
-    """A copy with each BatchNorm2d folded into the Conv2d before it (as the ONNX export does), in
-    eval mode. prepare_pt2e would fold them itself, into new weight nodes that no module name
-    reaches: those convs would stay float."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = copy.deepcopy(agent).eval()
-    for module in folded.modules():
-        if isinstance(module, torch.nn.Sequential):
-            for i in range(len(module) - 1):
-                if isinstance(module[i], torch.nn.Conv2d) and isinstance(module[i + 1], torch.nn.BatchNorm2d):
-                    module[i], module[i + 1] = fuse_conv_bn_eval(module[i], module[i + 1]), torch.nn.Identity()
-    return folded
 
 
 def _module_names_for_quantizers(graph: torch.fx.GraphModule, dynamo_keys: bool) -> None:

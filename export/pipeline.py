@@ -25,6 +25,7 @@ import dlswm
 from dlswm.atomic import atomic_write_bytes
 from dlswm.config import Config
 from dlswm.errors import UserError
+from dlswm.export.equalize import equalize
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
 from dlswm.export.formats import FORMATS, Format, maker
@@ -180,7 +181,8 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
                force: bool, min_overlap: float | None, allow_low_agreement: bool,
-               progress: Any = print, formats: list[Format] | None = None) -> dict[str, Any]:
+               progress: Any = print, formats: list[Format] | None = None, equalize_alpha: float = 0.0
+               ) -> dict[str, Any]:
     formats = formats or [FORMATS["onnx"]]
     jobs = [(f, v) for f in formats for v in variants if v.name in f.variants]
     if not jobs:
@@ -203,7 +205,13 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     summary = summarize(system)
     agent = system.inference_agent().eval()
     with torch.no_grad():
-        reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]
+        reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]  # the gate's reference: as trained
+    # The quantized variants start from the same function with the encoder's activations equalized
+    # (equalize.py); fp32 and bf16 files stay the trained weights.
+    equalized = agent
+    if equalize_alpha > 0 and any(v.quantized for _, v in jobs):
+        progress(f"equalizing the encoder's activations (alpha {equalize_alpha}) on the calibration frames")
+        equalized = equalize(agent, calibration, equalize_alpha)
     log = out_dir / CONVERTER_LOG  # the converters' and quantizers' own output, this export's alone
     log.unlink(missing_ok=True)
     quiet = functools.partial(output_to, log, (1, 2))
@@ -211,6 +219,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     progress(f"exporting the inference path to ONNX (the converters' own output: {log})")
     with quiet():
         fp32 = to_onnx(agent, held_out.shape[1:])
+        fp32_equalized = fp32 if equalized is agent else to_onnx(equalized, held_out.shape[1:])
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
     try:
@@ -218,9 +227,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
             threshold = variant.min_overlap if min_overlap is None else min_overlap
             target = targets[(fmt.name, variant.name)]
             with quiet():
-                make = maker(fmt, variant, fp32, agent, calibration)
+                make = maker(fmt, variant, fp32_equalized, equalized, calibration) if variant.quantized else (
+                    maker(fmt, variant, fp32, agent, calibration))
             try:
-                row = _gated(variant, make, threshold, lambda q: _card(state, summary, variant, fmt, q),
+                row = _gated(variant, make, threshold, lambda q: _card(
+                    state, summary, variant, fmt, {**q, "equalize_alpha": equalize_alpha} if variant.quantized else q),
                              staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, quiet)
             finally:
                 make.close()
@@ -251,7 +262,8 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
               "training_params": summary["training_params"], "inference_macs": summary["inference_macs"],
               # fp32 graph initializers vs the torch count; export/params.py says why they differ
               "graph_params": graph_params(fp32), "expected_graph_params": expected_graph_params(agent),
-              "calibration_frames": len(calibration), "held_out_frames": len(held_out), "variants": rows,
+              "calibration_frames": len(calibration), "held_out_frames": len(held_out),
+              "equalize_alpha": equalize_alpha, "variants": rows,
               "report": str(out_dir / REPORT_NAME), "converter_log": str(log)}
     atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())
     return report

@@ -179,6 +179,55 @@ def test_float_layers_are_tried_cheapest_predicted_pass_first():
     assert float_layer_tries(plain, ranked, 1.01, most=2) == [["a"], ["a", "b"]]  # nothing predicted: the ranking
 
 
+def _stage_ranges(agent, frames):
+    """Per downsampling stage of the encoder: max |activation| per channel (C,) on `frames`."""
+    ranges = []
+    hooks = [stage.register_forward_hook(lambda _m, _i, out: ranges.append(out.abs().amax(dim=(0, 2, 3))))
+             for stage in agent.encoder.down]
+    with torch.no_grad():
+        outputs = [t.numpy() for t in agent(torch.from_numpy(frames))]
+    for hook in hooks:
+        hook.remove()
+    return ranges, outputs
+
+
+def test_equalization_keeps_the_function_and_equalizes_what_alpha_says(tiny_run_dir):
+    """alpha 1: every stage feeding another has each channel's range 1 on the calibration frames
+    (s = the activation range); alpha 0: the last conv's weights 1 on each input channel; both the
+    same logits and codes as the agent, which stays untouched. Mutations caught: the bias not
+    divided, the next conv scaled on its output axis or not at all, s inverted, the agent modified
+    in place (the gate would then compare the equalized graph with itself)."""
+    from dlswm.export.equalize import equalize
+
+    frames = real_frames(tiny_run_dir, 64)
+    agent = RunState.load(tiny_run_dir).system().inference_agent().eval()
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    _, reference = _stage_ranges(agent, frames)
+    for alpha in (1.0, 0.0, 0.5):
+        equalized = equalize(agent, frames, alpha)
+        ranges, outputs = _stage_ranges(equalized, frames)
+        np.testing.assert_allclose(outputs[0], reference[0], rtol=1e-4, atol=1e-4)  # logits
+        assert (outputs[2] == reference[2]).mean() > 0.99  # codes: a float near-tie may flip
+        convs = [stage[0] for stage in equalized.encoder.down]
+        if alpha == 1.0:
+            for r in ranges[:-1]:
+                np.testing.assert_allclose(r.numpy(), 1.0, rtol=1e-4)
+            assert not torch.allclose(ranges[-1], torch.ones_like(ranges[-1]))  # the residual stream: left alone
+        if alpha == 0.0:  # the last conv: the others' output rows are rescaled after (each row its own int8 scale)
+            np.testing.assert_allclose(convs[-1].weight.abs().amax(dim=(0, 2, 3)).detach().numpy(), 1.0, rtol=1e-5)
+    assert all(torch.equal(v, agent.state_dict()[k]) for k, v in before.items())
+
+
+def test_export_with_equalization_passes_the_gate_and_says_so(tiny_run_dir, tmp_path, cli):
+    code, out, err = cli("export", tiny_run_dir, "--out", tmp_path, "--variants", "fp32,int8", "--equalize", "0.5",
+                         "--calibration-frames", "128")
+    assert code == 0, err
+    report = json.loads((tmp_path / REPORT_NAME).read_text())
+    assert report["equalize_alpha"] == 0.5 and all(row["written"] for row in report["variants"])
+    assert report["variants"][0]["policy_overlap"] > 0.999  # the equalized fp32 graph is the agent's function
+    assert open_agent(tmp_path / "pong.int8.onnx").card.quantization["equalize_alpha"] == 0.5
+
+
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
     paths, _ = tiny_export
     state = RunState.load(tiny_run_dir)
