@@ -310,7 +310,7 @@ def export(
     calibration_frames: Annotated[int, typer.Option(min=1, help="Real frames from the replay buffer for int8 calibration.")] = 512,
     min_overlap: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Policy overlap with torch (chance of the same sampled action) a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
     allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the overlap threshold anyway.")] = False,
-    equalize: Annotated[float, typer.Option(min=0.0, max=1.0, help="Before int8, rescale the encoder's activation channels toward equal ranges (SmoothQuant's alpha; 0: off).")] = 0.0,
+    equalize: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Before int8, rescale the encoder's activation channels toward equal ranges (SmoothQuant's alpha; 0: off).", show_default="0.5")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) for each runtime, with a parity report."""
@@ -329,7 +329,7 @@ def export(
 
         report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_overlap,
                             allow_low_agreement, progress=progress, formats=parse_formats(formats),
-                            equalize_alpha=equalize)
+                            **({} if equalize is None else {"equalize_alpha": equalize}))
     console().print(export_table(report))
     for row in report["variants"]:
         typer.echo(f"{row.get('format', 'onnx')} {row['variant']}: " + " ".join(filter(None, [row["written"] and row["path"], row.get("reason")])))

@@ -44,6 +44,9 @@ class Format:
     converters: tuple[str, ...]  # modules export needs, beyond the train extra
     extra: str  # `pip install 'dlswm[extra]'` for them
     description: str
+    # Whether its int8 starts from the activation-equalized agent (equalize.py): measured with
+    # onnxruntime's quantizer only; NNCF and the PT2E quantizers get the trained weights.
+    equalize: bool = False
 
     @property
     def suffix(self) -> str:
@@ -57,7 +60,7 @@ class Format:
 
 FORMATS = {f.name: f for f in [
     Format("onnx", "onnxruntime", ("fp32", "int8", "int8-arm"), ("onnx", "onnxruntime"), "train",
-           "ONNX for onnxruntime (any board); static QDQ int8"),
+           "ONNX for onnxruntime (any board); static QDQ int8", equalize=True),
     Format("openvino", "openvino", ("fp32", "bf16", "int8"), ("openvino", "nncf"), "export",
            "OpenVINO IR (.xml + .bin) for Intel CPUs, GPUs, NPUs; NNCF int8"),
     Format("litert", "litert", ("fp32", "int8"), ("litert_torch", "ai_edge_litert"), "export",

@@ -25,7 +25,7 @@ import dlswm
 from dlswm.atomic import atomic_write_bytes
 from dlswm.config import Config
 from dlswm.errors import UserError
-from dlswm.export.equalize import equalize
+from dlswm.export.equalize import DEFAULT_ALPHA, equalize, fold_batchnorm
 from dlswm.export.onnx_graph import to_onnx
 from dlswm.export.params import expected_graph_params, graph_params
 from dlswm.export.formats import FORMATS, Format, maker
@@ -181,7 +181,7 @@ def _gated(variant: Variant, make: Any, threshold: float, card: Callable[[dict[s
 
 def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibration_frames: int,
                force: bool, min_overlap: float | None, allow_low_agreement: bool,
-               progress: Any = print, formats: list[Format] | None = None, equalize_alpha: float = 0.0
+               progress: Any = print, formats: list[Format] | None = None, equalize_alpha: float = DEFAULT_ALPHA
                ) -> dict[str, Any]:
     formats = formats or [FORMATS["onnx"]]
     jobs = [(f, v) for f in formats for v in variants if v.name in f.variants]
@@ -206,10 +206,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     agent = system.inference_agent().eval()
     with torch.no_grad():
         reference = [t.numpy() for t in agent(torch.from_numpy(held_out))]  # the gate's reference: as trained
-    # The quantized variants start from the same function with the encoder's activations equalized
-    # (equalize.py); fp32 and bf16 files stay the trained weights.
-    equalized = agent
-    if equalize_alpha > 0 and any(v.quantized for _, v in jobs):
+    # BatchNorm folded in torch (as the ONNX export would), so every file names its layers alike; the
+    # quantized variants start from the same function with the encoder's activations equalized
+    # (equalize.py), the fp32 and bf16 files from the trained weights.
+    folded = equalized = fold_batchnorm(agent)
+    if equalize_alpha > 0 and any(v.quantized and f.equalize for f, v in jobs):
         progress(f"equalizing the encoder's activations (alpha {equalize_alpha}) on the calibration frames")
         equalized = equalize(agent, calibration, equalize_alpha)
     log = out_dir / CONVERTER_LOG  # the converters' and quantizers' own output, this export's alone
@@ -218,8 +219,8 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     # The onnx and openvino formats' source, and the graph's parameter count.
     progress(f"exporting the inference path to ONNX (the converters' own output: {log})")
     with quiet():
-        fp32 = to_onnx(agent, held_out.shape[1:])
-        fp32_equalized = fp32 if equalized is agent else to_onnx(equalized, held_out.shape[1:])
+        fp32 = to_onnx(folded, held_out.shape[1:])
+        fp32_equalized = fp32 if equalized is folded else to_onnx(equalized, held_out.shape[1:])
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
     try:
@@ -227,11 +228,12 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
             threshold = variant.min_overlap if min_overlap is None else min_overlap
             target = targets[(fmt.name, variant.name)]
             with quiet():
-                make = maker(fmt, variant, fp32_equalized, equalized, calibration) if variant.quantized else (
-                    maker(fmt, variant, fp32, agent, calibration))
+                eq = variant.quantized and fmt.equalize and equalized is not folded
+                make = maker(fmt, variant, fp32_equalized, equalized, calibration) if eq else (
+                    maker(fmt, variant, fp32, folded, calibration))
             try:
-                row = _gated(variant, make, threshold, lambda q: _card(
-                    state, summary, variant, fmt, {**q, "equalize_alpha": equalize_alpha} if variant.quantized else q),
+                row = _gated(variant, make, threshold, lambda q, eq=eq: _card(
+                    state, summary, variant, fmt, {**q, "equalize_alpha": equalize_alpha if eq else 0.0} if q else q),
                              staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, quiet)
             finally:
                 make.close()
@@ -263,7 +265,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
               # fp32 graph initializers vs the torch count; export/params.py says why they differ
               "graph_params": graph_params(fp32), "expected_graph_params": expected_graph_params(agent),
               "calibration_frames": len(calibration), "held_out_frames": len(held_out),
-              "equalize_alpha": equalize_alpha, "variants": rows,
+              "equalize_alpha": equalize_alpha if equalized is not folded else 0.0, "variants": rows,
               "report": str(out_dir / REPORT_NAME), "converter_log": str(log)}
     atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())
     return report
