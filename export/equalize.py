@@ -25,9 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-# `dlswm export`'s default: on the Seaquest agent the plain int8 try's policy overlap rose 0.953 ->
-# 0.966 (int8-arm) and 0.944 -> 0.958 (int8); on a CrazyClimber checkpoint it moved by 0.001 or less
-# at 0.25-0.75 (docs/int8.md). 1.0 was worse on both.
+# `dlswm export`'s default: the middle of SmoothQuant's range, chosen on two agents (docs/int8.md).
 DEFAULT_ALPHA = 0.5
 
 
