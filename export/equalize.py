@@ -12,8 +12,8 @@ next conv's weight range on that channel: alpha 1 equalizes the activations, 0 t
 left alone (a skip connection carries each of its channels to several convs).
 
 onnxruntime's own `SmoothQuant` option needs Intel Neural Compressor and rescales MatMul inputs;
-NNCF's works on OpenVINO graphs. This is the same rescaling on the torch module, before any
-format's converter, so every format's quantizer sees the equalized weights.
+NNCF's works on OpenVINO graphs. This is the same rescaling on the torch module, before the
+converter; which formats' quantizers start from it is `Format.equalize` (formats.py).
 """
 
 from __future__ import annotations

@@ -210,9 +210,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     # quantized variants start from the same function with the encoder's activations equalized
     # (equalize.py), the fp32 and bf16 files from the trained weights.
     folded = equalized = fold_batchnorm(agent)
-    if equalize_alpha > 0 and any(v.quantized and f.equalize for f, v in jobs):
+    if not any(v.quantized and f.equalize for f, v in jobs):
+        equalize_alpha = 0.0  # no file here starts from it: the report says so
+    if equalize_alpha > 0:
         progress(f"equalizing the encoder's activations (alpha {equalize_alpha}) on the calibration frames")
-        equalized = equalize(agent, calibration, equalize_alpha)
+        equalized = equalize(folded, calibration, equalize_alpha)
     log = out_dir / CONVERTER_LOG  # the converters' and quantizers' own output, this export's alone
     log.unlink(missing_ok=True)
     quiet = functools.partial(output_to, log, (1, 2))
@@ -220,7 +222,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
     progress(f"exporting the inference path to ONNX (the converters' own output: {log})")
     with quiet():
         fp32 = to_onnx(folded, held_out.shape[1:])
-        fp32_equalized = fp32 if equalized is folded else to_onnx(equalized, held_out.shape[1:])
+        fp32_equalized = to_onnx(equalized, held_out.shape[1:]) if equalize_alpha > 0 else fp32
 
     rows, staging = [], Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same disk: rename is atomic
     try:
@@ -228,12 +230,11 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
             threshold = variant.min_overlap if min_overlap is None else min_overlap
             target = targets[(fmt.name, variant.name)]
             with quiet():
-                eq = variant.quantized and fmt.equalize and equalized is not folded
-                make = maker(fmt, variant, fp32_equalized, equalized, calibration) if eq else (
-                    maker(fmt, variant, fp32, folded, calibration))
+                alpha = equalize_alpha if variant.quantized and fmt.equalize else 0.0
+                make = maker(fmt, variant, *((fp32_equalized, equalized) if alpha else (fp32, folded)), calibration)
             try:
-                row = _gated(variant, make, threshold, lambda q, eq=eq: _card(
-                    state, summary, variant, fmt, {**q, "equalize_alpha": equalize_alpha if eq else 0.0} if q else q),
+                row = _gated(variant, make, threshold, lambda q, alpha=alpha: _card(
+                    state, summary, variant, fmt, {**q, "equalize_alpha": alpha} if variant.quantized else q),
                              staging / target.name, reference, held_out, cfg.policy.eval_temperature, progress, quiet)
             finally:
                 make.close()
@@ -265,7 +266,7 @@ def export_run(run: Path, out_dir: Path | None, variants: list[Variant], calibra
               # fp32 graph initializers vs the torch count; export/params.py says why they differ
               "graph_params": graph_params(fp32), "expected_graph_params": expected_graph_params(agent),
               "calibration_frames": len(calibration), "held_out_frames": len(held_out),
-              "equalize_alpha": equalize_alpha if equalized is not folded else 0.0, "variants": rows,
+              "equalize_alpha": equalize_alpha, "variants": rows,
               "report": str(out_dir / REPORT_NAME), "converter_log": str(log)}
     atomic_write_bytes(out_dir / REPORT_NAME, json.dumps(report, indent=2).encode())
     return report

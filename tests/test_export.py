@@ -218,14 +218,28 @@ def test_equalization_keeps_the_function_and_equalizes_what_alpha_says(tiny_run_
     assert all(torch.equal(v, agent.state_dict()[k]) for k, v in before.items())
 
 
-def test_export_with_equalization_passes_the_gate_and_says_so(tiny_run_dir, tmp_path, cli):
-    code, out, err = cli("export", tiny_run_dir, "--out", tmp_path, "--variants", "fp32,int8", "--equalize", "0.5",
+def test_export_with_equalization_passes_the_gate_and_says_so(tiny_export, tiny_run_dir, tmp_path, cli):
+    """The default (0.5) and `--equalize 0.25` reach the report and the int8 card; the fp32 file
+    keeps the trained weights. Mutations caught: the CLI option not passed on (0.5 recorded), the
+    card or report not told, the fp32 file written from the equalized agent, the int8 quantized from
+    the trained graph whatever the alpha."""
+    assert tiny_export[1]["equalize_alpha"] == 0.5
+    code, out, err = cli("export", tiny_run_dir, "--out", tmp_path, "--variants", "fp32,int8", "--equalize", "0.25",
                          "--calibration-frames", "128")
     assert code == 0, err
     report = json.loads((tmp_path / REPORT_NAME).read_text())
-    assert report["equalize_alpha"] == 0.5 and all(row["written"] for row in report["variants"])
-    assert report["variants"][0]["policy_overlap"] > 0.999  # the equalized fp32 graph is the agent's function
-    assert open_agent(tmp_path / "pong.int8.onnx").card.quantization["equalize_alpha"] == 0.5
+    assert report["equalize_alpha"] == 0.25 and all(row["written"] for row in report["variants"])
+    assert report["variants"][0]["policy_overlap"] > 0.999
+    assert open_agent(tmp_path / "pong.int8.onnx").card.quantization["equalize_alpha"] == 0.25
+    fp32_weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(tmp_path / "pong.fp32.onnx").graph.initializer}
+    default_fp32 = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(tiny_export[0]["fp32"]).graph.initializer}
+    assert fp32_weights.keys() == default_fp32.keys()
+    assert all(np.array_equal(fp32_weights[k], default_fp32[k]) for k in fp32_weights)  # trained, not equalized
+    # int8 weights depend on no calibration frame: they differ only if each int8 starts from its alpha's agent
+    int8_weights = [{i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer
+                     if i.data_type == onnx.TensorProto.INT8} for path in (tmp_path / "pong.int8.onnx", tiny_export[0]["int8"])]
+    assert int8_weights[0].keys() == int8_weights[1].keys()
+    assert any(not np.array_equal(int8_weights[0][k], int8_weights[1][k]) for k in int8_weights[0])
 
 
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
