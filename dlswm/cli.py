@@ -104,7 +104,8 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.", show_default="runs/GAME-PRESET-sSEED")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of networks, environments and sampling.", show_default="0")] = None,
     device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration; "
+                                         "with --set schedule.iterations=N (and wm_epochs, ppo_updates) run on past its end.")] = False,
     overrides: SetOption = [],  # noqa: B006
     threads: TorchThreadsOption = None,
 ) -> None:
@@ -116,9 +117,9 @@ def train(
     if resume:
         if out is None:
             raise UserError("--resume needs --out RUN_DIR")
-        if preset is not None or overrides or seed is not None or game is not None:
-            raise UserError("--resume continues a run with its saved config and game: drop GAME, --preset, --seed and --set")
-        run_training(None, out, device.value, resume=True, threads=threads)
+        if preset is not None or seed is not None or game is not None:
+            raise UserError("--resume continues a run with its saved config and game: drop GAME, --preset and --seed")
+        run_training(None, out, device.value, resume=True, threads=threads, extend=overrides)
         return
     if game is None:
         raise UserError("missing GAME (e.g. `dlswm train Pong`)")

@@ -90,6 +90,33 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
     assert_best_is_the_highest_eval(out, lines)
 
 
+def test_a_finished_run_extended_by_resume_runs_only_its_new_iterations(tiny_run_dir, tmp_path):
+    """`--resume --set schedule.iterations=3 ...` on a finished 2-iteration run. Caught: the extended
+    config written to config.json but not to the resumed state (the loop ends at 2, "finished"), and
+    an extension that rewrites a finished iteration's schedule or changes the networks accepted."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    for bad, words in ((["--set", "ppo.lr=0.001"], "only schedule.iterations"),
+                       (["--set", "schedule.iterations=3", "--set", "schedule.wm_epochs=1,1,1",
+                         "--set", "schedule.ppo_updates=3,3,3"], "first 2 entries are the finished iterations' (2,1)"),
+                       (["--set", "schedule.iterations=1"], "already finished 2")):
+        refused = dlswm("train", "--out", out, "--resume", *bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and words in refused.stderr, refused.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    extended = dlswm("train", "--out", out, "--resume", *THREE_ITERATIONS)
+    assert extended.returncode == 0, extended.stderr
+    assert "iterations 3..3" in extended.stdout
+    assert (out / "buffer" / "chunk_001.npz").read_bytes() == before[out / "buffer" / "chunk_001.npz"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [1, 2, 3]
+    assert RunState.load(out).iteration == 3 and RunState.load(out).config.schedule.ppo_updates == (3, 3, 3)
+    assert json.loads((out / "config.json").read_text())["schedule"]["iterations"] == 3
+    assert "finished" in dlswm("train", "--out", out, "--resume").stdout
+
+
 def assert_best_is_the_highest_eval(run_dir, lines):
     """best.pt is the checkpoint of the first iteration with the highest eval score."""
     scores = [m["eval/mean_score"] for m in lines]

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from dlswm.config import Config, validate
+from dlswm.config import Config, apply_overrides, validate
 from dlswm.errors import UserError
 from dlswm.run_dir import RunDir
 from dlswm.train.checkpoint import RunState
@@ -27,9 +27,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, RunState | None, Any]:
-    """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint. Either
-    way the run directory is locked for this process (the third value: keep it until the run ends)."""
+# What `--resume --set` may change: the schedule of the iterations still to run, nothing that shaped
+# the finished ones (networks, data, losses), so an extended run is the same run, only longer.
+EXTENDABLE = ("schedule.iterations", "schedule.wm_epochs", "schedule.ppo_updates", "schedule.eval_episodes")
+
+
+def extend_config(cfg: Config, overrides: list[str], done: int) -> Config:
+    """`cfg` with more iterations to run after the `done` finished ones; a change that would rewrite a
+    finished iteration's schedule, or any other key, is a one-line UserError."""
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if other := [k for k in keys if k not in EXTENDABLE]:
+        raise UserError(f"--resume --set {other[0]}: a resumed run keeps its config; only "
+                        f"{', '.join(EXTENDABLE)} can change (to run on past its end)")
+    new = apply_overrides(cfg, overrides)
+    validate(new)
+    s, old = new.schedule, cfg.schedule
+    if s.iterations < done:
+        raise UserError(f"--resume --set schedule.iterations={s.iterations}: the run has already finished {done}")
+    for key in ("wm_epochs", "ppo_updates"):
+        if getattr(s, key)[:done] != getattr(old, key)[:done]:
+            raise UserError(f"--resume --set schedule.{key}: its first {done} entries are the finished iterations' "
+                            f"({','.join(map(str, getattr(old, key)[:done]))}) and cannot change")
+    return new
+
+
+def prepare_run(out: Path, cfg: Config | None, resume: bool, extend: list[str] = ()) -> tuple[Config, RunState | None, Any]:
+    """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint, its
+    schedule extended by `extend` (`EXTENDABLE` keys). Either way the run directory is locked for this
+    process (the third value: keep it until the run ends)."""
     run = RunDir(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run directory")
@@ -47,12 +72,18 @@ def prepare_run(out: Path, cfg: Config | None, resume: bool) -> tuple[Config, Ru
             raise UserError(f"--resume: {run.config} is damaged ({type(e).__name__})") from None
         if run.checkpoint.exists():
             state = RunState.load(run.checkpoint)
+            if extend:
+                state.config = extend_config(state.config, list(extend), state.iteration)
+                run.write_config(state.config.to_dict())
             return state.config, state, lock
         finished = [p.name for p in run.chunks()] + [p.name for p in (run.best, run.metrics) if p.exists()]
         if finished:  # restarting would overwrite finished work
             raise UserError(f"--resume: {out} has no {run.checkpoint.name} but holds finished work "
                             f"({', '.join(finished[:4])}{', ...' if len(finished) > 4 else ''}): restore "
                             f"{run.checkpoint.name} (e.g. from {run.best.name}, which is the best iteration's) or use a new --out")
+        if extend:
+            saved = extend_config(saved, list(extend), 0)
+            run.write_config(saved.to_dict())
         return saved, None, lock  # interrupted before iteration 1 finished: start it again
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
@@ -88,9 +119,9 @@ def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
 
 
 def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False,
-          threads: int | None = None) -> Path:
+          threads: int | None = None, extend: list[str] = ()) -> Path:
     device = pick_device(device_name)  # before anything is written
-    cfg, state, lock = prepare_run(out, cfg, resume)
+    cfg, state, lock = prepare_run(out, cfg, resume, extend)
     with lock:  # released however the run ends
         return _run(cfg, state, out, device, threads)
 
