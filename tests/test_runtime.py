@@ -437,7 +437,7 @@ def test_the_native_vector_env_steps_exactly_as_ale_pys_gymnasium_env():
 
 
 AVX2 = {"arch": "x86_64", "flags": ["sse4_2", "avx", "avx2", "fma"]}
-FULL_RANGE = {"activation_type": "QUInt8", "weight_type": "QInt8"}  # the shipped CrazyClimber file's
+FULL_RANGE = {"activation_type": "QUInt8", "weight_type": "QInt8"}  # onnxruntime's defaults
 
 
 @pytest.mark.parametrize("quantization, runtime, info, saturates, catches", [
@@ -457,11 +457,11 @@ def test_int8_saturates_only_full_range_weights_on_x86_without_vnni(quantization
 @pytest.mark.parametrize("flags, warned", [(["avx2"], True), (["avx2", "avx512_vnni"], False)])
 def test_play_warns_in_one_line_where_the_shipped_full_range_file_saturates(flags, warned):
     """Catches: the warning not wired into `play`, or given on a CPU with VNNI. The CPU's flags are
-    patched; the shipped CrazyClimber file has full-range int8 weights."""
+    patched; the shipped Seaquest file is `int8-arm`, full-range int8 weights and activations."""
     cpu = f"{{**real(), 'arch': 'x86_64', 'flags': {flags!r}}}"
     patch = f"import dlswm.runtime.machine as m; real = m.machine; m.machine = lambda: {cpu}; from dlswm.cli import main; main()"
-    result = subprocess.run([sys.executable, "-c", patch, "play", "--max-steps", "5"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", patch, "play", "--game", "Seaquest", "--max-steps", "5"],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == int(warned) and all("without VNNI" in w for w in warnings), result.stderr
