@@ -105,7 +105,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed of networks, environments and sampling.", show_default="0")] = None,
     device: Annotated[Device, typer.Option(help="auto: CUDA when torch sees a GPU.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished iteration; "
-                                         "with --set schedule.iterations=N (and wm_epochs, ppo_updates) run on past its end.")] = False,
+                                         "with --set schedule.iterations=N (and wm_epochs, ppo_updates, eval_episodes) run on past its end.")] = False,
     overrides: SetOption = [],  # noqa: B006
     threads: TorchThreadsOption = None,
 ) -> None:

@@ -92,7 +92,7 @@ def test_resume_after_a_kill_finishes_without_redoing_finished_iterations(tmp_pa
 
 def test_a_finished_run_extended_by_resume_runs_only_its_new_iterations(tiny_run_dir, tmp_path):
     """`--resume --set schedule.iterations=3 ...` on a finished 2-iteration run. Caught: the extended
-    config written to config.json but not to the resumed state (the loop ends at 2, "finished"), and
+    config written to config.json but the saved one handed to the loop (it ends at 2, "finished"), and
     an extension that rewrites a finished iteration's schedule or changes the networks accepted."""
     import shutil
 

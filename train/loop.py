@@ -8,7 +8,7 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ def extend_config(cfg: Config, overrides: list[str], done: int) -> Config:
     return new
 
 
-def prepare_run(out: Path, cfg: Config | None, resume: bool, extend: list[str] = ()) -> tuple[Config, RunState | None, Any]:
+def prepare_run(out: Path, cfg: Config | None, resume: bool, extend: Sequence[str] = ()) -> tuple[Config, RunState | None, Any]:
     """New run: `cfg` into an empty `out`. Resume: the run's own config and last checkpoint, its
     schedule extended by `extend` (`EXTENDABLE` keys). Either way the run directory is locked for this
     process (the third value: keep it until the run ends)."""
@@ -70,21 +70,18 @@ def prepare_run(out: Path, cfg: Config | None, resume: bool, extend: list[str] =
             saved = Config.from_dict(data)
         except (ValueError, TypeError, AttributeError) as e:
             raise UserError(f"--resume: {run.config} is damaged ({type(e).__name__})") from None
-        if run.checkpoint.exists():
-            state = RunState.load(run.checkpoint)
-            if extend:
-                state.config = extend_config(state.config, list(extend), state.iteration)
-                run.write_config(state.config.to_dict())
-            return state.config, state, lock
-        finished = [p.name for p in run.chunks()] + [p.name for p in (run.best, run.metrics) if p.exists()]
-        if finished:  # restarting would overwrite finished work
-            raise UserError(f"--resume: {out} has no {run.checkpoint.name} but holds finished work "
-                            f"({', '.join(finished[:4])}{', ...' if len(finished) > 4 else ''}): restore "
-                            f"{run.checkpoint.name} (e.g. from {run.best.name}, which is the best iteration's) or use a new --out")
+        state = RunState.load(run.checkpoint) if run.checkpoint.exists() else None
+        if state is None:  # interrupted before iteration 1 finished: start it again, unless that overwrites work
+            finished = [p.name for p in run.chunks()] + [p.name for p in (run.best, run.metrics) if p.exists()]
+            if finished:
+                raise UserError(f"--resume: {out} has no {run.checkpoint.name} but holds finished work "
+                                f"({', '.join(finished[:4])}{', ...' if len(finished) > 4 else ''}): restore "
+                                f"{run.checkpoint.name} (e.g. from {run.best.name}, which is the best iteration's) or use a new --out")
+        config = state.config if state else saved
         if extend:
-            saved = extend_config(saved, list(extend), 0)
-            run.write_config(saved.to_dict())
-        return saved, None, lock  # interrupted before iteration 1 finished: start it again
+            config = extend_config(config, list(extend), state.iteration if state else 0)
+            run.write_config(config.to_dict())  # the loop runs, and checkpoints, the config returned here
+        return config, state, lock
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
     assert cfg is not None
@@ -119,7 +116,7 @@ def phases(total_iterations: int, done_iterations: int) -> Iterator[Any]:
 
 
 def train(cfg: Config | None, out: Path, device_name: str = "auto", resume: bool = False,
-          threads: int | None = None, extend: list[str] = ()) -> Path:
+          threads: int | None = None, extend: Sequence[str] = ()) -> Path:
     device = pick_device(device_name)  # before anything is written
     cfg, state, lock = prepare_run(out, cfg, resume, extend)
     with lock:  # released however the run ends
