@@ -147,6 +147,11 @@ class ScheduleConfig:
     wm_epochs: Annotated[tuple[int, ...], NON_NEGATIVE] = (140, 32, 24, 20, 16, 14, 12, 11, 10, 9, 8, 8, 7, 7, 6)
     ppo_updates: Annotated[tuple[int, ...], NON_NEGATIVE] = (1000,) * 7 + (2000,) + (1000,) * 3 + (2000,) + (1000,) * 2 + (3000,)
     eval_episodes: Annotated[int, POSITIVE] = 8
+    # Mean steps each env holds one uniformly random action in iteration 1's random collection
+    # (holds drawn uniformly from 1..2*random_hold-1; temporally extended exploration, as in
+    # Dabney et al.'s ez-greedy). 1: a new action every step, the article's. Longer holds reach
+    # rewards that per-step random play never does (Freeway's far side of the road).
+    random_hold: Annotated[int, Range(1, 1000)] = 1
     # The collection envs run on across iterations (the released code's one env): episodes longer
     # than an iteration's steps / collect_envs continue, so the buffer reaches deep into the game.
     persistent_envs: bool = True

@@ -243,6 +243,31 @@ def test_torch_sampler_draws_from_softmax_of_logits_over_temperature(temperature
     assert (greedy == LOGITS.argmax()).all()
 
 
+def test_held_random_actions_hold_each_draw_for_one_to_twice_the_mean_less_one_steps():
+    """Mutations caught in train/real_env.py random_policy: holds drawn from 1..2h (`2 * mean_hold + 1`)
+    or from 0 (a zero hold never ends, as with a dropped `left -= 1`); the held array returned without
+    a copy (the collector keeps every step's actions, so later draws would rewrite earlier steps); one
+    hold shared by all envs; mean_hold 1 no longer the per-step uniform stream that the article's runs
+    (and every run before the option) collected. 2**40 actions, so a redraw never repeats the action
+    and every change of action is a new draw."""
+    hold, envs = 4, 6
+    act = real_env.random_policy(2**40, np.random.default_rng(0), hold)
+    obs = np.zeros((envs, 1, 1, 1), np.uint8)
+    taken = [act(obs) for _ in range(3000)]
+    actions = np.stack(taken)  # (steps, envs)
+    assert taken[0] is not taken[1]
+    runs = []  # hold lengths; each env's first and last (possibly unfinished) ones left out
+    for e in range(envs):
+        runs += np.diff(np.flatnonzero(np.diff(actions[:, e]) != 0)).tolist()
+    assert set(runs) == set(range(1, 2 * hold)), sorted(set(runs))
+    assert abs(np.mean(runs) - hold) < 0.15, np.mean(runs)
+    assert len({tuple(np.flatnonzero(np.diff(actions[:, e]) != 0)[:5]) for e in range(envs)}) == envs
+    per_step = real_env.random_policy(5, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        np.testing.assert_array_equal(per_step(obs), rng.integers(0, 5, envs))
+
+
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_runtime_sampler_draws_from_softmax_of_logits_over_temperature(temperature):
     """Mutation caught: runtime/play.py action_probs `logits / temperature` -> `logits * temperature`:

@@ -33,8 +33,25 @@ def torch_policy(system: System, device: torch.device, temperature: float, seed:
     return act
 
 
-def random_policy(num_actions: int, rng: np.random.Generator) -> Policy:
-    return lambda obs: rng.integers(0, num_actions, len(obs))
+def random_policy(num_actions: int, rng: np.random.Generator, mean_hold: int = 1) -> Policy:
+    """Uniformly random actions; with `mean_hold` > 1 each env keeps its action for a number of
+    steps drawn uniformly from 1..2*mean_hold-1 before drawing the next (`schedule.random_hold`)."""
+    if mean_hold == 1:
+        return lambda obs: rng.integers(0, num_actions, len(obs))
+    actions: np.ndarray | None = None  # (N,) the action each env holds
+    left: np.ndarray | None = None  # (N,) steps it still holds it, this one included
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        nonlocal actions, left
+        if actions is None:
+            actions, left = np.zeros(len(obs), np.int64), np.zeros(len(obs), np.int64)
+        new = left == 0
+        actions[new] = rng.integers(0, num_actions, new.sum())
+        left[new] = rng.integers(1, 2 * mean_hold, new.sum())
+        left -= 1
+        return actions.copy()
+
+    return act
 
 
 class Collector:

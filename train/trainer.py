@@ -92,7 +92,7 @@ class Trainer:
         """Real experience (a random policy first, then the agent) into the buffer and the run."""
         s = self.cfg.schedule
         steps = s.initial_steps if it == 1 else s.steps_per_iteration
-        policy = (random_policy(self.game.num_actions, self.rng) if it == 1 else
+        policy = (random_policy(self.game.num_actions, self.rng, s.random_hold) if it == 1 else
                   torch_policy(self.system, self.device, self.cfg.policy.collect_temperature, seed=self.cfg.seed + it))
         chunk, env_actions, stats = self.collector.collect(policy, steps, env_seed(self.cfg.seed, it, "collect"),
                                                            phase(f"{self._tag(it)} collect", steps))
