@@ -2,8 +2,9 @@
 
 Iteration 1 of a run fills the buffer with a uniformly random policy; where that policy never
 scores, the reward head has nothing to learn. This runs the trainer's own collection (its
-`Collector` and `random_policy`, the `cpu` preset's envs and step count) for each hold and seed
-and counts the steps with a reward, without training anything:
+`Collector`, `random_policy` and seeds, the `cpu` preset's envs and step count) for each hold and
+seed and counts the steps with a reward, without training anything: what iteration 1 of
+`dlswm train GAME --preset cpu --seed S --set schedule.random_hold=H` collects.
 
     python benchmarks/warmup_rewards.py Freeway --holds 1,8,32,64 --seeds 0,1
 """
@@ -18,6 +19,7 @@ from dlswm.config import PRESETS
 from dlswm.errors import UserError
 from dlswm.runtime.atari import resolve_game
 from dlswm.train.real_env import Collector, random_policy
+from dlswm.train.trainer import env_seed
 
 
 def warmup_rewards(game: str, hold: int, seed: int) -> tuple[int, float]:
@@ -26,8 +28,9 @@ def warmup_rewards(game: str, hold: int, seed: int) -> tuple[int, float]:
     cfg.env.game = game
     collector = Collector(cfg.env, cfg.schedule.collect_envs, persistent=True)
     try:
+        # The trainer's generator (seeded by the run's seed, nothing drawn before iteration 1) and env seed.
         policy = random_policy(resolve_game(game).num_actions, np.random.default_rng(seed), hold)
-        chunk, _, _ = collector.collect(policy, cfg.schedule.initial_steps, seed, lambda n: None)
+        chunk, _, _ = collector.collect(policy, cfg.schedule.initial_steps, env_seed(seed, 1, "collect"), lambda n: None)
     finally:
         collector.close()
     return int(np.count_nonzero(chunk["rewards"])), float(chunk["rewards"].sum())
