@@ -382,13 +382,10 @@ def play(
     vs_random: Annotated[bool, typer.Option("--vs-random", help="Then play a uniformly random agent on the same seeds; report both human-normalized.")] = False,
 ) -> None:
     """Play Atari with an exported agent (no torch) and report score, latency and memory."""
-    from rich.progress import Progress
-
     from dlswm.atomic import check_outputs, write_result
     from dlswm.runtime.gif import GifWriter
     from dlswm.runtime.machine import int8_saturates
     from dlswm.runtime.play import check, default_agent, play as play_games
-    from dlswm.runtime.report import play_table
     from dlswm.runtime.session import open_agent
 
     check_outputs({"--record": record, "--json": json_path})
@@ -405,14 +402,16 @@ def play(
                    "weights within +-64 (today's `int8` variant) does not (docs/int8.md)", err=True)
     if temperature is None:
         temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
-    check(agent, episodes, max_steps)  # before the progress display opens: errors stay one line
-    with contextlib.ExitStack() as stack:
-        gif = stack.enter_context(GifWriter(record, (agent.card.env_config.frame_size,) * 2)) if record else None
-        progress = stack.enter_context(Progress(transient=True, console=console(stderr=True)))
-        task = progress.add_task(f"{agent.card.game}: {episodes} episode(s)" + (" and a random agent's" if vs_random else ""),
-                                 total=None)
-        report = play_games(agent, episodes, seed, temperature, max_steps, gif,
-                            progress=lambda n: progress.advance(task, n), vs_random=vs_random)
+    check(agent, episodes, max_steps)  # before the first game: errors stay one line
+    # One plain line per finished game, not a live display: rich (~2.5 MB resident) and a refresh
+    # thread during the games would sit on play's peak memory (docs/performance.md).
+    def game_done(who: str, n: int, result: dict[str, Any]) -> None:
+        typer.echo(f"{who} game {n}/{episodes}: {result['score']:g} in {result['length']:,} steps", err=True)
+
+    with GifWriter(record, (agent.card.env_config.frame_size,) * 2) if record else contextlib.nullcontext() as gif:
+        report = play_games(agent, episodes, seed, temperature, max_steps, gif, progress=game_done, vs_random=vs_random)
+    from dlswm.runtime.report import play_table
+
     console().print(play_table(report))
     if gif is not None:
         typer.echo(f"recorded {gif.frames} frames: {record}")

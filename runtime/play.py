@@ -29,6 +29,7 @@ from dlswm.runtime.session import Agent
 
 
 DEFAULT_GAME = "CrazyClimber"  # what `dlswm play` with neither a model nor --game plays
+GameDone = Callable[[int, dict[str, Any]], None]  # (game number from 1, its result), as each game ends
 
 
 def _agent_key(game: str) -> str:
@@ -89,10 +90,11 @@ class Episodes:
 
 def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
                  temperature: float, max_steps: int | None = None, record: GifWriter | None = None,
-                 progress: Callable[[int], None] = lambda n: None, timed: bool = True) -> Episodes:
+                 progress: GameDone = lambda n, result: None, timed: bool = True) -> Episodes:
     """`policy` (uint8 frame stacks -> logits) plays `episodes` full games (or `max_steps` each).
     With `record`, the newest frame of every observation is added to it; with `timed` off, no
-    per-step times are kept (`model_s` and `step_s` stay empty)."""
+    per-step times are kept (`model_s` and `step_s` stay empty). `progress` hears of each game as it
+    ends (its number from 1 and its result), never inside the steps."""
     env = make_env(env_config, 1)
     rng = np.random.default_rng(seed)
     clock = time.perf_counter
@@ -123,10 +125,10 @@ def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarra
                 length += 1
                 game_over = bool(terminated[0] or truncated[0])
                 ended = game_over or (max_steps is not None and length >= max_steps)
-                progress(1)
             if record is not None:
                 record.add(obs[0, -1])  # how the episode ended
             out.results.append({"score": score, "length": length, "truncated": not game_over or bool(truncated[0])})
+            progress(episode + 1, out.results[-1])
             release_free_heap()  # between games, outside the timed steps
             out.rss_after_mb.append(rss_mb())
     finally:
@@ -135,13 +137,15 @@ def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarra
 
 
 def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
-         record: GifWriter | None = None, progress: Callable[[int], None] = lambda n: None,
+         record: GifWriter | None = None, progress: Callable[[str, int, dict[str, Any]], None] = lambda who, n, result: None,
          vs_random: bool = False) -> dict[str, Any]:
     """Play `episodes` games with the agent; returns the report. With `vs_random`, a uniformly random
-    agent then plays the same games (same env seed, same protocol) and both are human-normalized."""
+    agent then plays the same games (same env seed, same protocol) and both are human-normalized.
+    `progress(who, n, result)` hears of each game as it ends, `who` being "agent" or "random agent"."""
     check(agent, episodes, max_steps)
     card = agent.card
-    run = run_episodes(card.env_config, agent.logits, episodes, seed, temperature, max_steps, record, progress)
+    run = run_episodes(card.env_config, agent.logits, episodes, seed, temperature, max_steps, record,
+                       lambda n, result: progress("agent", n, result))
     total_s = float(np.sum(run.step_s))
     report = {
         "dlswm_version": dlswm.__version__,
@@ -161,14 +165,15 @@ def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: 
     }
     del run  # its per-step times are in the report now; the random agent's games need none of it
     if vs_random:
-        report["random_agent"] = random_baseline(card.env_config, card.num_actions, episodes, seed, max_steps, progress)
+        report["random_agent"] = random_baseline(card.env_config, card.num_actions, episodes, seed, max_steps,
+                                                 lambda n, result: progress("random agent", n, result))
         report["human_normalized"] = _normalized(card.game, report["score"]["mean"],
                                                  report["random_agent"]["score"]["mean"])
     return report
 
 
 def random_baseline(env_config: EnvConfig, num_actions: int, episodes: int, seed: int, max_steps: int | None,
-                    progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+                    progress: GameDone = lambda n, result: None) -> dict[str, Any]:
     """Uniformly random actions (equal logits at temperature 1) through the same loop and seeds."""
     uniform = np.zeros((1, num_actions), np.float32)
     run = run_episodes(env_config, lambda obs: uniform, episodes, seed, 1.0, max_steps, progress=progress, timed=False)

@@ -55,6 +55,10 @@ def test_play_with_torch_unimportable_reports_every_field(tiny_export, tmp_path)
     assert report["model"]["variant"] == "int8" and report["settings"]["temperature"] == 0.5
     assert report["machine"]["onnxruntime"] and report["machine"]["cpu"]
     assert "model call" in result.stdout and "human-normalized" in result.stdout  # the table
+    games = [line for line in result.stderr.splitlines() if " game " in line]  # one line as each game ends
+    assert games == [f"{who} game {n}/2: {e['score']:g} in 150 steps"
+                     for who, run in (("agent", report), ("random agent", report["random_agent"]))
+                     for n, e in enumerate(run["episodes"], 1)]
     # --vs-random: the random agent plays the same protocol; both on the human-normalized scale
     assert [e["length"] for e in report["random_agent"]["episodes"]] == [150, 150]
     hn, (random, human) = report["human_normalized"], RANDOM_HUMAN["Pong"]
@@ -345,6 +349,20 @@ def test_bad_bench_options_give_one_line_errors_before_measuring(tiny_export, ar
     result = dlswm("bench", tiny_export[0]["int8"], "--warmup", 1, *args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr and "measuring" not in result.stderr
+
+
+def test_play_loads_no_rich_until_its_games_are_over(tiny_export):
+    # Catches a live progress display, or a rich import on play's path, coming back: rich and its
+    # refresh thread held ~2.5 MB of the main command's peak RSS during the games (docs/performance.md).
+    spy = ("import sys, dlswm.runtime.play as p; games = p.run_episodes\n"
+           "def run(*a, **k):\n"
+           "    out = games(*a, **k); print('rich during games:', any(m.startswith('rich') for m in sys.modules)); return out\n"
+           "p.run_episodes = run\n")
+    code = NO_TORCH + spy + "from dlswm.cli import main; sys.argv = ['dlswm'] + sys.argv[1:]; main()"
+    result = subprocess.run([sys.executable, "-c", code, "play", str(tiny_export[0]["int8"]), "--max-steps", "20",
+                             "--vs-random"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("rich during games: False") == 2 and "model call" in result.stdout
 
 
 def test_play_with_no_model_argument_plays_the_shipped_crazyclimber_agent(tmp_path):
