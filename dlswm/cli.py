@@ -403,8 +403,8 @@ def play(
     if temperature is None:
         temperature = check_temperature(float(agent.card.config["policy"]["eval_temperature"]))
     check(agent, episodes, max_steps)  # before the first game: errors stay one line
-    # One plain line per finished game, not a live display: rich (~2.5 MB resident) and a refresh
-    # thread during the games would sit on play's peak memory (docs/performance.md).
+    # One plain line per finished game, not a live display: rich's modules and its refresh thread
+    # during the games would sit on play's peak memory (docs/performance.md); rich comes after.
     def game_done(who: str, n: int, result: dict[str, Any]) -> None:
         typer.echo(f"{who} game {n}/{episodes}: {result['score']:g} in {result['length']:,} steps", err=True)
 

@@ -30,6 +30,7 @@ from dlswm.runtime.session import Agent
 
 DEFAULT_GAME = "CrazyClimber"  # what `dlswm play` with neither a model nor --game plays
 GameDone = Callable[[int, dict[str, Any]], None]  # (game number from 1, its result), as each game ends
+PlayerGameDone = Callable[[str, int, dict[str, Any]], None]  # the same, after "agent" or "random agent"
 
 
 def _agent_key(game: str) -> str:
@@ -137,11 +138,11 @@ def run_episodes(env_config: EnvConfig, policy: Callable[[np.ndarray], np.ndarra
 
 
 def play(agent: Agent, episodes: int, seed: int, temperature: float, max_steps: int | None = None,
-         record: GifWriter | None = None, progress: Callable[[str, int, dict[str, Any]], None] = lambda who, n, result: None,
+         record: GifWriter | None = None, progress: PlayerGameDone = lambda who, n, result: None,
          vs_random: bool = False) -> dict[str, Any]:
     """Play `episodes` games with the agent; returns the report. With `vs_random`, a uniformly random
     agent then plays the same games (same env seed, same protocol) and both are human-normalized.
-    `progress(who, n, result)` hears of each game as it ends, `who` being "agent" or "random agent"."""
+    `progress` hears of each game as it ends, after whose it was."""
     check(agent, episodes, max_steps)
     card = agent.card
     run = run_episodes(card.env_config, agent.logits, episodes, seed, temperature, max_steps, record,
