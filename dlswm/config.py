@@ -134,6 +134,11 @@ class PPOConfig:
     # sampled from it (the article samples): the same mean return without the sampling noise, which
     # is nearly all of a return where rewards are rare (docs/experiments.md).
     expected_reward: bool = False
+    # PPO epochs on each iteration's real collection, as the agent played it, before the world
+    # model learns from it (train/real_ppo.py): advantages the policy cannot get by exploiting the
+    # model's errors, from steps collected anyway (0: off, the article's; iteration 1's random
+    # steps are never used).
+    real_epochs: Annotated[int, NON_NEGATIVE] = 0
     lr: Annotated[float, ABOVE_ZERO] = 2.5e-4
     max_grad_norm: Annotated[float, ABOVE_ZERO] = 0.5
 

@@ -167,9 +167,9 @@ def test_collection_and_evaluation_never_share_an_env_seed(tmp_path, monkeypatch
     blocks = []  # (purpose, first seed, envs)
     collect, evaluate = Collector.collect, trainer.evaluate
 
-    def spy_collect(self, policy, steps, seed, progress):
+    def spy_collect(self, policy, steps, seed, progress, observe=None):
         blocks.append(("collect", seed, self.num_envs))
-        return collect(self, policy, steps, seed, progress)
+        return collect(self, policy, steps, seed, progress, observe)
 
     def spy_evaluate(env_cfg, policy, episodes, seed, num_actions=None):
         blocks.append(("evaluate", seed, episodes))

@@ -22,7 +22,10 @@ from dlswm.train import real_env
 from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.imagine import PolicyTrainer, imagine
 from dlswm.train.ppo import gae, ppo_loss
+from dlswm.train.real_env import Collector
+from dlswm.train.real_ppo import RealRollout, importance_weights
 from dlswm.train.speed import Speed
+from dlswm.train.trainer import Trainer
 from dlswm.train.world_model import WorldModelTrainer
 
 CPU = torch.device("cpu")
@@ -745,3 +748,93 @@ def test_a_chunk_written_before_life_losses_were_recorded_loads_with_none(tmp_pa
     np.savez(ReplayBuffer.chunk_path(tmp_path, 1), frames=buffer.chunks[0], **old)
     loaded = ReplayBuffer.load(tmp_path, 1, cfg.env.frame_stack)
     assert len(loaded) == len(buffer) and not loaded.life_lost.any() and loaded.life_lost.shape == loaded.done.shape
+
+# ---- PPO on the real game's steps (`ppo.real_epochs`, train/real_ppo.py) -----------------------------
+
+def no_progress(description, total):
+    return lambda n: None
+
+
+def test_importance_weights_on_hand_numbers():
+    """p = softmax([0, ln 3]) = [1/4, 3/4]; at temperature 2 the draw was from softmax([0, ln 3 / 2]) =
+    [1 / (1 + sqrt 3), sqrt 3 / (1 + sqrt 3)] = [0.366, 0.634]. Action 0: 0.25 / 0.366 = 0.683; action
+    1: 0.75 / 0.634 = 1.183, capped at 1. Mutations caught: the ratio inverted (1 and 0.845), the cap
+    dropped (1.183), `logits * temperature` (0.1 / 0.9 ratios), and any weight at temperature 1 not 1."""
+    logits = torch.tensor([[0.0, LN3], [0.0, LN3]], dtype=torch.float64)
+    actions = torch.tensor([0, 1])
+    s3 = math.sqrt(3.0)
+    expected = [0.25 * (1 + s3), 1.0]
+    assert importance_weights(logits, actions, 2.0).tolist() == pytest.approx(expected, abs=1e-12)
+    assert importance_weights(logits, actions, 1.0).tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+
+
+def test_ppo_weights_scale_each_samples_clipped_policy_term():
+    """Per-sample clipped terms of the hand minibatch: -2.4, -0.5, 1.5, 2.4, -4.4; weights 1, 0, 1,
+    0.5, 0 give (-2.4 + 1.5 + 1.2) / 5 = 0.06. Mutation caught: `weights` ignored (-0.68)."""
+    logits, values, mb = hand_minibatch()
+    mb["weights"] = torch.tensor([1.0, 0.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    _, m = ppo_loss(logits, values, mb, HAND_CFG)
+    assert m["ppo/policy_loss"] == pytest.approx(0.06, abs=1e-9)
+
+
+def test_real_rollout_records_every_real_transition_of_a_real_game_and_masks_autoresets():
+    """Pong cut at 12 steps an episode, 2 envs, 60 interactions at temperature 1.5. Mutations caught
+    in RealRollout.observe: `valid` inverted or not masking autoresets (the count of valid steps
+    is the interactions'), an autoreset not an end (GAE would carry the next episode's value into
+    the last step of the one before), rewards not sign-clipped, life losses ending returns with or
+    without `life_loss_ends`; and a step observed out of line with its action (the recorded actions
+    of valid steps are the buffer's, env by env)."""
+    cfg = resolve("tiny", "Pong", ["env.max_episode_steps=12"])
+    collector = Collector(cfg.env, 2, persistent=True)
+    try:
+        rollout = RealRollout(System(cfg, 6), CPU, 1.5, seed=0)
+        chunk, _, stats = collector.collect(rollout.act, 60, seed=3, progress=lambda n: None, observe=rollout.observe)
+        batch = rollout.batch(collector.obs)
+    finally:
+        collector.close()
+    valid, ends = batch["valid"].numpy(), batch["ends"].numpy()  # (T, 2)
+    assert valid.sum() == stats["collect/steps"] == 60
+    assert (ends & valid).sum() == stats["collect/episodes"] >= 4  # each 12-step cut ends one
+    assert (ends[~valid]).all()  # autoreset steps end the return
+    assert all(ends[t - 1, e] for t, e in zip(*np.nonzero(~valid)))  # and follow an episode's last step
+    assert set(np.unique(batch["rewards"].numpy())) <= {-1.0, 0.0, 1.0}
+    no = np.zeros(2, bool)
+    rollout.observe(np.array([100.0, -5.0]), no, no, no)  # CrazyClimber pays 100 a floor
+    assert rollout.outcomes["rewards"][-1].tolist() == [1.0, -1.0]
+    assert rollout.outcomes["ends"][-1].tolist() == [False, False]  # a life lost ends nothing by default
+    with_lives = RealRollout(System(cfg, 6), CPU, 1.5, seed=0, life_loss_ends=True)
+    with_lives.observe(np.zeros(2), no, np.array([True, False]), no)  # as imagination with the life-loss head
+    assert with_lives.outcomes["ends"][-1].tolist() == [True, False]
+    assert batch["codes"].shape[:2] == batch["logits"].shape[:2] == valid.shape
+    assert batch["last_value"].shape == (2,)
+    # The chunk holds stream 0 then stream 1; an entry with a successor is one transition.
+    transitions = chunk["actions"][~chunk["done"]]
+    recorded = batch["actions"].numpy()
+    per_env = [recorded[valid[:, e], e] for e in range(2)]
+    assert np.array_equal(transitions, np.concatenate(per_env))
+
+
+def test_real_ppo_starts_from_the_policy_that_played_at_any_collection_temperature():
+    """One epoch, one minibatch: PPO's first (only) ratio is taken before any step, so it must be 1
+    everywhere (approx KL 0, nothing clipped) when the old log-probs are the policy's own at
+    temperature 1, even though the steps were drawn at 1.5. Mutations caught: old log-probs taken
+    at the collection temperature, the policy fed other embeddings than the ones it played on, the
+    phase run when off or in iteration 1's random collection; the weights' mean below 1 at 1.5 only."""
+    overrides = ["ppo.real_epochs=1", "ppo.minibatch_size=100000", "schedule.initial_steps=64",
+                 "schedule.steps_per_iteration=96"]
+    for temperature in (1.5, 1.0):
+        cfg = resolve("tiny", "Pong", [*overrides, f"policy.collect_temperature={temperature}"])
+        trainer = Trainer(cfg, CPU, threads=1)
+        try:
+            trainer.collect(1, no_progress)
+            assert trainer.train_policy_real(1, no_progress) == {}  # random steps: no PPO
+            with torch.no_grad():  # a policy far from uniform, so the two temperatures differ
+                trainer.system.policy.actor.bias.copy_(torch.linspace(-2.0, 2.0, 6))
+            trainer.collect(2, no_progress)
+            m = trainer.train_policy_real(2, no_progress)
+        finally:
+            trainer.close()
+        assert m["real_ppo/transitions"] == 96
+        assert m["real_ppo/approx_kl"] == pytest.approx(0.0, abs=1e-6)
+        assert m["real_ppo/clip_frac"] == 0.0
+        assert (m["real_ppo/weight_mean"] < 0.95) == (temperature == 1.5)

@@ -132,6 +132,26 @@ class PolicyTrainer:
         summary["throughput/imagined_steps_per_s"] = imagined / max(seconds, 1e-9)
         return summary
 
+    def optimize(self, b_z: torch.Tensor, b: dict[str, torch.Tensor], epochs: int, amp: bool) -> dict[str, float]:
+        """`epochs` passes of PPO minibatches over one batch: b_z (M, D, H, W) the policy's inputs,
+        b the `ppo_loss` fields, each (M,) or (M, A); the means of the minibatches' metrics."""
+        p = self.cfg.ppo
+        metrics: dict[str, list[float]] = defaultdict(list)
+        with in_mode(self.system.policy, True):
+            for _ in range(epochs):
+                order = torch.randperm(len(b_z), device=self.device)
+                for mb_idx in order.split(p.minibatch_size):
+                    mb = {k: v[mb_idx] for k, v in b.items()}
+                    logits, values = self.system.policy(b_z[mb_idx], amp)
+                    loss, mb_metrics = ppo_loss(logits, values, mb, p)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.system.policy.parameters(), p.max_grad_norm)
+                    self.optimizer.step()
+                    for k, v in mb_metrics.items():
+                        metrics[k].append(v)
+        return {k: float(np.mean(v)) for k, v in metrics.items()}
+
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One PPO update: an imagined rollout of `num_envs` x `rollout_steps`, then `epochs` passes."""
         p = self.cfg.ppo
@@ -150,21 +170,7 @@ class PolicyTrainer:
             assert self.anchor is not None, "anchor_kl_coef > 0: call set_anchor() (or train()) first"
             with torch.no_grad():
                 b["anchor_logits"] = self.anchor(b_z, self.speed.amp)[0]  # (T * N, A)
-        metrics: dict[str, list[float]] = defaultdict(list)
-        with in_mode(self.system.policy, True):
-            for _ in range(p.epochs):
-                order = torch.randperm(len(b_z), device=self.device)
-                for mb_idx in order.split(p.minibatch_size):
-                    mb = {k: v[mb_idx] for k, v in b.items()}
-                    logits, values = self.system.policy(b_z[mb_idx], self.speed.amp)
-                    loss, mb_metrics = ppo_loss(logits, values, mb, p)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.system.policy.parameters(), p.max_grad_norm)
-                    self.optimizer.step()
-                    for k, v in mb_metrics.items():
-                        metrics[k].append(v)
-        summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+        summary = self.optimize(b_z, b, p.epochs, self.speed.amp)
         summary["imagined/return"] = roll["rewards"].sum(0).mean().item()
         # The head's expected rate (the mean of what sampling gives), comparable with collect/reward_rate.
         summary["imagined/reward_rate"] = roll["reward_rate"].mean().item()

@@ -1,5 +1,6 @@
-"""The SimPLe loop, top to bottom: collect real experience, train the world model, train the policy
-in imagination, evaluate on real games, save. Each finished iteration is a checkpoint to resume from.
+"""The SimPLe loop, top to bottom: collect real experience (and, with `ppo.real_epochs`, train the
+policy on it), train the world model, train the policy in imagination, evaluate on real games, save.
+Each finished iteration is a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def _run(cfg: Config, state: RunState | None, out: Path, device: torch.device, t
                 started = time.perf_counter()
                 metrics: dict[str, float] = {"iteration": it}
                 # The phases in order, each timed: where a run's CPU-hours go (time/<phase>_s).
-                for name, run_phase in (("collect", trainer.collect), ("world_model", trainer.train_world_model),
+                for name, run_phase in (("collect", trainer.collect), ("policy_real", trainer.train_policy_real),
+                                        ("world_model", trainer.train_world_model),
                                         ("policy", trainer.train_policy), ("evaluate", trainer.evaluate)):
                     phase_started = time.perf_counter()
                     metrics.update(run_phase(it, phase))

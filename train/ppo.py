@@ -36,7 +36,9 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Ten
 
     logits (M, A), values (M,) from the current policy; mb holds the rollout's actions, old
     log-probs, old values, advantages and returns, each (M,); with `cfg.anchor_kl_coef`, also the
-    anchor policy's logits (M, A), and the loss adds coef * KL(anchor || current).
+    anchor policy's logits (M, A), and the loss adds coef * KL(anchor || current); optionally
+    `weights` (M,): per-sample importance weights of the policy term, for steps that a policy other
+    than the old one chose (the real game's steps sampled at the collection temperature).
     """
     M = logits.shape[0]
     assert values.shape == (M,) and mb["actions"].shape == (M,), (values.shape, mb["actions"].shape)
@@ -46,7 +48,8 @@ def ppo_loss(logits: torch.Tensor, values: torch.Tensor, mb: dict[str, torch.Ten
     adv = mb["advantages"]
     if cfg.normalize_advantages:
         adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)  # a 1-sample minibatch gives 0, not NaN
-    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    clipped = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))  # (M,)
+    policy_loss = (clipped * mb["weights"]).mean() if "weights" in mb else clipped.mean()
     values_clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.value_clip_coef, cfg.value_clip_coef)
     value_loss = 0.5 * torch.max(F.mse_loss(values, mb["returns"], reduction="none"),
                                  F.mse_loss(values_clipped, mb["returns"], reduction="none")).mean()

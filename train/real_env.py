@@ -14,6 +14,9 @@ from dlswm.runtime.atari import make_env
 from dlswm.train.buffer import StreamRecorder
 
 Policy = Callable[[np.ndarray], np.ndarray]  # uint8 observations (N, S, H, W) -> actions (N,)
+# After each env step: rewards (N,), episodes ended, lives lost, and which envs' step was an
+# autoreset (their action ignored: no transition).
+StepObserver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def torch_policy(system: System, device: torch.device, temperature: float, seed: int) -> Policy:
@@ -25,12 +28,16 @@ def torch_policy(system: System, device: torch.device, temperature: float, seed:
     def act(obs: np.ndarray) -> np.ndarray:
         with in_mode(agent, False):
             logits, _, _ = agent(torch.from_numpy(obs).to(device))  # (N, A)
-        if temperature == 0:
-            return logits.argmax(1).cpu().numpy()
-        probs = torch.softmax(logits / temperature, 1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1).cpu().numpy()
+        return sample_actions(logits, temperature, generator).cpu().numpy()
 
     return act
+
+
+def sample_actions(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Actions (N,) drawn from softmax(logits / temperature) (N, A); temperature 0: greedy."""
+    if temperature == 0:
+        return logits.argmax(1)
+    return torch.multinomial(torch.softmax(logits / temperature, 1), 1, generator=generator).squeeze(1)
 
 
 def random_policy(num_actions: int, rng: np.random.Generator, mean_hold: int = 1) -> Policy:
@@ -89,10 +96,11 @@ class Collector:
         life_lost, self.lives = lives < self.lives, lives
         return rewards, ended, life_lost
 
-    def collect(self, policy: Policy, steps: int, seed: int, progress: Callable[[int], None]
-                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+    def collect(self, policy: Policy, steps: int, seed: int, progress: Callable[[int], None],
+                observe: StepObserver | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
         """`steps` real interactions -> one buffer chunk, the actions sent to the env (for `replay`)
-        and collection stats. `seed` seeds the no-op starts when the envs are reset."""
+        and collection stats. `seed` seeds the no-op starts when the envs are reset; `observe` hears
+        of every step's outcome (`real_ppo.RealRollout`)."""
         continuing = self.persistent and self.obs is not None
         if not continuing:
             self._reset(seed)
@@ -104,6 +112,8 @@ class Collector:
             actions = policy(self.obs)
             sent.append(actions)
             rewards, ended, life_lost = self._step(actions)
+            if observe is not None:
+                observe(rewards, ended, life_lost, recorder.resetting.copy())
             n = recorder.step(actions, self.obs, rewards, ended, life_lost)
             returns.extend(self.episode_return[ended].tolist())
             self.episode_return[ended] = 0

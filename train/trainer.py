@@ -21,6 +21,7 @@ from dlswm.train.checkpoint import RunState
 from dlswm.train.imagine import PolicyTrainer, imagine, start_context
 from dlswm.train.media import reconstruction_png, rollout_gif
 from dlswm.train.real_env import Collector, evaluate, random_policy, torch_policy
+from dlswm.train.real_ppo import RealRollout, train_on_real
 from dlswm.train.speed import Speed
 from dlswm.train.world_model import WorldModelTrainer
 
@@ -44,6 +45,7 @@ class Trainer:
         self.buffer = self.speed.prepare_buffer(ReplayBuffer(cfg.env.frame_stack))
         self.real_steps = 0
         self.collector = Collector(cfg.env, cfg.schedule.collect_envs, cfg.schedule.persistent_envs)
+        self.real_rollout: RealRollout | None = None
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -92,10 +94,19 @@ class Trainer:
         """Real experience (a random policy first, then the agent) into the buffer and the run."""
         s = self.cfg.schedule
         steps = s.initial_steps if it == 1 else s.steps_per_iteration
-        policy = (random_policy(self.game.num_actions, self.rng, s.random_hold) if it == 1 else
-                  torch_policy(self.system, self.device, self.cfg.policy.collect_temperature, seed=self.cfg.seed + it))
-        chunk, env_actions, stats = self.collector.collect(policy, steps, env_seed(self.cfg.seed, it, "collect"),
-                                                           phase(f"{self._tag(it)} collect", steps))
+        temperature, seed = self.cfg.policy.collect_temperature, self.cfg.seed + it
+        self.real_rollout = None  # the agent's steps as it played them, for `ppo.real_epochs`
+        if it == 1:
+            policy = random_policy(self.game.num_actions, self.rng, s.random_hold)
+        elif self.cfg.ppo.real_epochs > 0:
+            self.real_rollout = RealRollout(self.system, self.device, temperature, seed,
+                                            life_loss_ends=self.cfg.dynamics.life_loss_head)
+            policy = self.real_rollout.act
+        else:
+            policy = torch_policy(self.system, self.device, temperature, seed=seed)
+        chunk, env_actions, stats = self.collector.collect(
+            policy, steps, env_seed(self.cfg.seed, it, "collect"), phase(f"{self._tag(it)} collect", steps),
+            observe=self.real_rollout.observe if self.real_rollout else None)
         if self.run is not None:
             ReplayBuffer.save_chunk(chunk, self.run.chunk(it), env_actions)
         metrics = {}
@@ -104,6 +115,17 @@ class Trainer:
         self.buffer.add_chunk(chunk)
         self.real_steps += int(stats["collect/steps"])
         return {**metrics, **stats, "real_steps": self.real_steps, "buffer_frames": len(self.buffer)}
+
+    def train_policy_real(self, it: int, phase: Phase) -> dict[str, float]:
+        """PPO on the steps the agent just played (`ppo.real_epochs`; nothing when off or in
+        iteration 1), while the VQ-VAE still codes frames as it did when they were played."""
+        if self.real_rollout is None:
+            return {}
+        batch, self.real_rollout = self.real_rollout.batch(self.collector.obs), None
+        trained = phase(f"{self._tag(it)} policy (real)", 1)
+        metrics = train_on_real(self.policy, batch, self.cfg.policy.collect_temperature, self.cfg.ppo.real_epochs)
+        trained(1)
+        return metrics
 
     def train_world_model(self, it: int, phase: Phase) -> dict[str, float]:
         """The VQ-VAE alone on the first data (warm-up), then VQ-VAE and dynamics together."""

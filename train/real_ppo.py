@@ -1,0 +1,105 @@
+"""PPO on the real game's own steps (`ppo.real_epochs`): each iteration's collection, recorded as
+the agent played it, updates the policy before the world model learns from it.
+
+The policy otherwise learns only inside the world model, and where the model over-rewards a move
+the policy follows (docs/experiments.md: the collapsed CrazyClimber runs imagined twice the real
+reward rate). The real steps' advantages cannot be exploited that way, and they cost no extra
+interaction: they are the steps collected for the model anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dlswm.models import System, in_mode
+from dlswm.train.imagine import PolicyTrainer
+from dlswm.train.ppo import gae
+from dlswm.train.real_env import sample_actions
+
+
+class RealRollout:
+    """The agent collecting at `temperature`, recording what PPO needs of every step in CleanRL's
+    (T, N) layout: `act` is the collector's policy, `observe` its step observer.
+
+    Recorded per step t and env n: the codes the agent read, its logits (the policy PPO optimizes,
+    temperature 1), value and action; the reward's sign (imagined rewards are signs, so the critic
+    keeps one scale); `ends`, the step ended the episode (or a life, with `life_loss_ends`, as
+    imagination does with the life-loss head), or was an autoreset; `valid`, a real transition (an
+    autoreset step ignores its action and is masked out).
+    """
+
+    def __init__(self, system: System, device: torch.device, temperature: float, seed: int,
+                 life_loss_ends: bool = False):
+        assert temperature > 0, "PPO needs the probability of each action played"
+        self.agent, self.device, self.temperature = system.inference_agent(), device, temperature
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.life_loss_ends = life_loss_ends
+        self.steps: dict[str, list[torch.Tensor]] = {k: [] for k in ("codes", "logits", "values", "actions")}
+        self.outcomes: dict[str, list[np.ndarray]] = {k: [] for k in ("rewards", "ends", "valid")}
+
+    @torch.no_grad()
+    def _agent(self, obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with in_mode(self.agent, False):
+            return self.agent(torch.from_numpy(obs).to(self.device))  # (N, A), (N,), (N, H, W)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        logits, values, codes = self._agent(obs)
+        actions = sample_actions(logits, self.temperature, self.generator)  # (N,), as torch_policy draws
+        for name, x in zip(self.steps, (codes, logits, values, actions)):
+            self.steps[name].append(x)
+        return actions.cpu().numpy()
+
+    def observe(self, rewards: np.ndarray, ended: np.ndarray, life_lost: np.ndarray, autoreset: np.ndarray) -> None:
+        ends = ended | autoreset | (life_lost if self.life_loss_ends else False)
+        for name, x in zip(self.outcomes, (np.sign(rewards), ends, ~autoreset)):
+            self.outcomes[name].append(np.asarray(x))
+
+    def batch(self, last_obs: np.ndarray) -> dict[str, torch.Tensor]:
+        """The recorded steps as tensors (T, N, ...), and last_value (N,): the critic after the last
+        step, where the collection cut the envs' episodes (their value stands in for the rest)."""
+        assert len(self.steps["actions"]) == len(self.outcomes["rewards"]) > 0, "act and observe once per step"
+        out = {k: torch.stack(v) for k, v in self.steps.items()}
+        out.update({k: torch.from_numpy(np.stack(v)).to(self.device) for k, v in self.outcomes.items()})
+        out["rewards"] = out["rewards"].float()
+        out["last_value"] = self._agent(last_obs)[1]
+        return out
+
+
+def importance_weights(logits: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
+    """min(1, p(a) / p_T(a)) (M,): the policy's probability of each action played (logits (M, A))
+    over the one it was drawn with at `temperature`, capped at 1 as V-trace caps its weights."""
+    played = actions[:, None]
+    log_p = logits.log_softmax(1).gather(1, played).squeeze(1)
+    log_p_behaviour = (logits / temperature).log_softmax(1).gather(1, played).squeeze(1)
+    return (log_p - log_p_behaviour).exp().clamp(max=1.0)
+
+
+def train_on_real(trainer: PolicyTrainer, batch: dict[str, torch.Tensor], temperature: float,
+                  epochs: int) -> dict[str, float]:
+    """`epochs` PPO passes over one collection's real transitions (`RealRollout.batch`).
+
+    The old policy is the one that played (temperature 1, as PPO optimizes it); the steps were drawn
+    at the collection `temperature`, so each one's policy term is weighted by old / behaviour
+    probability, capped at 1 (1 exactly when the collection plays at temperature 1). With the KL
+    anchor on, it anchors to the old policy here too. The policy runs in fp32, as it played.
+    """
+    p, system = trainer.cfg.ppo, trainer.system
+    T, N = batch["actions"].shape
+    advantages, returns = gae(batch["rewards"], batch["values"], batch["last_value"], p.gamma, p.gae_lambda,
+                              ends=batch["ends"])  # (T, N) each
+    valid = batch["valid"].reshape(-1)  # (T * N,)
+    logits = batch["logits"].reshape(T * N, -1)[valid]  # (M, A)
+    actions = batch["actions"].reshape(-1)[valid]  # (M,)
+    log_probs = logits.log_softmax(1).gather(1, actions[:, None]).squeeze(1)  # (M,)
+    b = {"actions": actions, "log_probs": log_probs, "values": batch["values"].reshape(-1)[valid],
+         "advantages": advantages.reshape(-1)[valid], "returns": returns.reshape(-1)[valid],
+         "weights": importance_weights(logits, actions, temperature)}
+    if p.anchor_kl_coef > 0:
+        b["anchor_logits"] = logits
+    with torch.no_grad():
+        z = system.vqvae.codebook.embed(batch["codes"].reshape(T * N, *batch["codes"].shape[2:])[valid])  # (M, D, H, W)
+    metrics = trainer.optimize(z, b, epochs, amp=False)
+    return {**{f"real_ppo/{k.partition('/')[2]}": v for k, v in metrics.items()},
+            "real_ppo/transitions": float(len(actions)), "real_ppo/weight_mean": b["weights"].mean().item(),
+            "real_ppo/sign_return_per_step": batch["rewards"].reshape(-1)[valid].mean().item()}
