@@ -71,6 +71,7 @@ TABLE = [
     ("imagined / real life losses per step", ("imagined/life_loss_rate", "next:collect/life_loss_rate"), "{:.4f}"),
     ("PPO entropy", "ppo/entropy", "{:.3f}"),
     ("anchor KL", "ppo/anchor_kl", "{:.4f}"),
+    ("PPO on real steps: approx KL / clip frac", ("real_ppo/approx_kl", "real_ppo/clip_frac"), "{:.4f}"),
     ("eval action entropy", "eval/action_entropy", "{:.3f}"),
     ("wall min", "time/iteration_s", "{:.1f}"),
     ("min: collect / world model / policy / eval", ("time/collect_s", "time/world_model_s", "time/policy_s",
