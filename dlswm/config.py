@@ -126,9 +126,10 @@ class PPOConfig:
     # The critic's value of the state after the last imagined step stands in for the rest of the
     # episode (a cut, not an end); false treats the horizon as terminal, as the released code does.
     bootstrap_horizon: bool = True
-    # Trust region across iterations: + coef * KL(policy at the iteration's start || policy) on the
-    # imagined states, so PPO cannot move far from the policy whose real data the model has seen
-    # (0: off). Against the policy exploiting the world model's errors on states it never saw.
+    # Trust region across iterations: + coef * KL(policy at the imagined phase's start || policy) on
+    # the imagined states, so PPO cannot move far from the policy whose real data the model has seen
+    # (0: off). Against the policy exploiting the world model's errors on states it never saw. (With
+    # `real_epochs`, PPO on the real steps anchors to the policy that played them.)
     anchor_kl_coef: Annotated[float, NON_NEGATIVE] = 0.0
     # Each imagined step's reward is the reward head's expected sign, p(+1) - p(-1), not a sign
     # sampled from it (the article samples): the same mean return without the sampling noise, which
@@ -137,7 +138,7 @@ class PPOConfig:
     # PPO epochs on each iteration's real collection, as the agent played it, before the world
     # model learns from it (train/real_ppo.py): advantages the policy cannot get by exploiting the
     # model's errors, from steps collected anyway (0: off, the article's; iteration 1's random
-    # steps are never used).
+    # steps are never used). Needs a collection temperature > 0.
     real_epochs: Annotated[int, NON_NEGATIVE] = 0
     lr: Annotated[float, ABOVE_ZERO] = 2.5e-4
     max_grad_norm: Annotated[float, ABOVE_ZERO] = 0.5
@@ -394,6 +395,9 @@ def _check_consistency(cfg: Config) -> None:
         if len(getattr(s, key)) < s.iterations:
             raise UserError(f"config schedule.iterations={s.iterations} but schedule.{key} has "
                             f"{len(getattr(s, key))} entries: give one per iteration")
+    if cfg.ppo.real_epochs > 0 and cfg.policy.collect_temperature == 0:
+        raise UserError("config ppo.real_epochs needs policy.collect_temperature > 0: PPO on the real steps "
+                        "weighs each by the probability it was drawn with, and a greedy collection has none")
     # The first data must hold training windows: each env's share of it is one stream.
     if s.steps_per_iteration < s.collect_envs:
         raise UserError(f"config schedule.steps_per_iteration={s.steps_per_iteration} is fewer than "

@@ -78,6 +78,14 @@ def test_out_of_range_and_inconsistent_values_are_refused_naming_the_key(overrid
         resolve("tiny", "Pong", [override])
 
 
+def test_ppo_on_real_steps_refuses_a_greedy_collection():
+    """PPO on the real steps weighs each by the probability it was drawn with; greedy has none (the
+    run would otherwise stop on an assert after its first iteration's training)."""
+    with pytest.raises(UserError, match=re.escape("ppo.real_epochs needs policy.collect_temperature > 0")):
+        resolve("tiny", "Pong", ["ppo.real_epochs=1", "policy.collect_temperature=0"])
+    resolve("tiny", "Pong", ["ppo.real_epochs=1", "policy.collect_temperature=0.5"])
+
+
 def test_every_preset_passes_its_own_range_checks_and_every_numeric_field_has_a_range():
     """Ranges sit beside their fields: a new numeric field written without one fails here, where
     before it was silently unchecked."""

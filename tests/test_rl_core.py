@@ -23,7 +23,7 @@ from dlswm.train.buffer import ReplayBuffer
 from dlswm.train.imagine import PolicyTrainer, imagine
 from dlswm.train.ppo import gae, ppo_loss
 from dlswm.train.real_env import Collector
-from dlswm.train.real_ppo import RealRollout, importance_weights
+from dlswm.train.real_ppo import RealRollout, importance_weights, ppo_inputs
 from dlswm.train.speed import Speed
 from dlswm.train.trainer import Trainer
 from dlswm.train.world_model import WorldModelTrainer
@@ -778,40 +778,67 @@ def test_ppo_weights_scale_each_samples_clipped_policy_term():
 
 
 def test_real_rollout_records_every_real_transition_of_a_real_game_and_masks_autoresets():
-    """Pong cut at 12 steps an episode, 2 envs, 60 interactions at temperature 1.5. Mutations caught
-    in RealRollout.observe: `valid` inverted or not masking autoresets (the count of valid steps
-    is the interactions'), an autoreset not an end (GAE would carry the next episode's value into
-    the last step of the one before), rewards not sign-clipped, life losses ending returns with or
-    without `life_loss_ends`; and a step observed out of line with its action (the recorded actions
-    of valid steps are the buffer's, env by env)."""
+    """Pong cut at 12 steps an episode, 2 envs at temperature 1.5: 24 interactions, so both episodes
+    end on the collection's last step, then 60 more in the same envs, whose first steps are the
+    autoresets. Mutations caught in RealRollout.observe: `valid` inverted or not masking autoresets
+    (the count of valid steps is the interactions'), rewards not sign-clipped, life losses ending
+    returns with or without `life_loss_ends`; and a step observed out of line with its action (the
+    recorded actions of valid steps are the buffer's, env by env)."""
     cfg = resolve("tiny", "Pong", ["env.max_episode_steps=12"])
-    collector = Collector(cfg.env, 2, persistent=True)
+    system, collector, batches = System(cfg, 6), Collector(cfg.env, 2, persistent=True), []
     try:
-        rollout = RealRollout(System(cfg, 6), CPU, 1.5, seed=0)
-        chunk, _, stats = collector.collect(rollout.act, 60, seed=3, progress=lambda n: None, observe=rollout.observe)
-        batch = rollout.batch(collector.obs)
+        for steps in (24, 60):
+            rollout = RealRollout(system, CPU, 1.5, seed=0)
+            chunk, _, stats = collector.collect(rollout.act, steps, seed=3, progress=lambda n: None,
+                                                observe=rollout.observe)
+            batches.append((rollout.batch(collector.obs), chunk, stats))
     finally:
         collector.close()
-    valid, ends = batch["valid"].numpy(), batch["ends"].numpy()  # (T, 2)
-    assert valid.sum() == stats["collect/steps"] == 60
-    assert (ends & valid).sum() == stats["collect/episodes"] >= 4  # each 12-step cut ends one
-    assert (ends[~valid]).all()  # autoreset steps end the return
-    assert all(ends[t - 1, e] for t, e in zip(*np.nonzero(~valid)))  # and follow an episode's last step
-    assert set(np.unique(batch["rewards"].numpy())) <= {-1.0, 0.0, 1.0}
+    for n, (batch, chunk, stats) in zip((24, 60), batches):
+        valid, ends = batch["valid"].numpy(), batch["ends"].numpy()  # (T, 2)
+        assert valid.sum() == stats["collect/steps"] == n
+        assert (ends & valid).sum() == stats["collect/episodes"] >= 2  # each 12-step cut ends one
+        assert (ends[~valid]).all()  # autoreset steps end the return (a convention: they are masked)
+        assert batch["codes"].shape[:2] == batch["logits"].shape[:2] == valid.shape
+        assert batch["last_value"].shape == (2,)
+        # The chunk holds stream 0 then stream 1; an entry with a successor is one transition.
+        transitions = chunk["actions"][~chunk["done"]]
+        per_env = [batch["actions"].numpy()[valid[:, e], e] for e in range(2)]
+        assert np.array_equal(transitions, np.concatenate(per_env))
+        assert set(np.unique(batch["rewards"].numpy())) <= {-1.0, 0.0, 1.0}
+    assert batches[0][0]["ends"][-1].tolist() == [True, True]  # both episodes ended on the last step
+    assert batches[1][0]["valid"][0].tolist() == [False, False]  # so the next collection opens with autoresets
     no = np.zeros(2, bool)
     rollout.observe(np.array([100.0, -5.0]), no, no, no)  # CrazyClimber pays 100 a floor
     assert rollout.outcomes["rewards"][-1].tolist() == [1.0, -1.0]
     assert rollout.outcomes["ends"][-1].tolist() == [False, False]  # a life lost ends nothing by default
-    with_lives = RealRollout(System(cfg, 6), CPU, 1.5, seed=0, life_loss_ends=True)
+    with_lives = RealRollout(system, CPU, 1.5, seed=0, life_loss_ends=True)
     with_lives.observe(np.zeros(2), no, np.array([True, False]), no)  # as imagination with the life-loss head
     assert with_lives.outcomes["ends"][-1].tolist() == [True, False]
-    assert batch["codes"].shape[:2] == batch["logits"].shape[:2] == valid.shape
-    assert batch["last_value"].shape == (2,)
-    # The chunk holds stream 0 then stream 1; an entry with a successor is one transition.
-    transitions = chunk["actions"][~chunk["done"]]
-    recorded = batch["actions"].numpy()
-    per_env = [recorded[valid[:, e], e] for e in range(2)]
-    assert np.array_equal(transitions, np.concatenate(per_env))
+
+
+def test_real_ppo_inputs_on_hand_numbers():
+    """One env, 4 steps, gamma 0.5, lambda 1 (so returns are discounted sums): rewards 1, 0, 0, 1;
+    step 1 ends the episode, step 2 is its autoreset (masked), the critic says 0.5 everywhere and 2
+    after the last step. Returns: G3 = 1 + 0.5 * 2 = 2; G1 = 0 (ended); G0 = 1 + 0.5 * G1 = 1. The
+    valid steps 0, 1, 3 give returns 1, 0, 2 and advantages 0.5, -0.5, 1.5. Mutations caught:
+    `ends` not passed to GAE (G1 = 0 + 0.5 * G2, G0 = 1.25), the cut not bootstrapped (G3 = 1),
+    the masked step kept, embeddings not the codes' own, old log-probs not the played logits'."""
+    system = small_system(num_actions=3)
+    side = small_cfg().latent_size
+    codes = torch.randint(0, small_cfg().vqvae.codebook_size, (4, 1, side, side))
+    logits = torch.randn(4, 1, 3)
+    batch = {"codes": codes, "logits": logits, "values": torch.full((4, 1), 0.5),
+             "actions": torch.tensor([[2], [0], [1], [1]]), "rewards": torch.tensor([[1.0], [0.0], [0.0], [1.0]]),
+             "ends": torch.tensor([[False], [True], [True], [False]]),
+             "valid": torch.tensor([[True], [True], [False], [True]]), "last_value": torch.tensor([2.0])}
+    z, b = ppo_inputs(system, batch, PPOConfig(gamma=0.5, gae_lambda=1.0), temperature=1.0)
+    assert b["returns"].tolist() == pytest.approx([1.0, 0.0, 2.0])
+    assert b["advantages"].tolist() == pytest.approx([0.5, -0.5, 1.5])
+    assert b["actions"].tolist() == [2, 0, 1] and b["weights"].tolist() == [1.0, 1.0, 1.0]
+    kept = torch.tensor([0, 1, 3])
+    assert torch.equal(z, system.vqvae.codebook.embed(codes[kept, 0]))
+    assert torch.allclose(b["log_probs"], logits[kept, 0].log_softmax(1)[torch.arange(3), b["actions"]])
 
 
 def test_real_ppo_starts_from_the_policy_that_played_at_any_collection_temperature():
@@ -819,11 +846,12 @@ def test_real_ppo_starts_from_the_policy_that_played_at_any_collection_temperatu
     everywhere (approx KL 0, nothing clipped) when the old log-probs are the policy's own at
     temperature 1, even though the steps were drawn at 1.5. Mutations caught: old log-probs taken
     at the collection temperature, the policy fed other embeddings than the ones it played on, the
-    phase run when off or in iteration 1's random collection; the weights' mean below 1 at 1.5 only."""
-    overrides = ["ppo.real_epochs=1", "ppo.minibatch_size=100000", "schedule.initial_steps=64",
-                 "schedule.steps_per_iteration=96"]
-    for temperature in (1.5, 1.0):
-        cfg = resolve("tiny", "Pong", [*overrides, f"policy.collect_temperature={temperature}"])
+    phase run when off (`ppo.real_epochs=0`) or in iteration 1's random collection; the weights'
+    mean below 1 at 1.5 only."""
+    overrides = ["ppo.minibatch_size=100000", "schedule.initial_steps=64", "schedule.steps_per_iteration=96"]
+    for temperature, epochs in ((1.5, 1), (1.0, 1), (1.5, 0)):
+        cfg = resolve("tiny", "Pong", [*overrides, f"policy.collect_temperature={temperature}",
+                                       f"ppo.real_epochs={epochs}"])
         trainer = Trainer(cfg, CPU, threads=1)
         try:
             trainer.collect(1, no_progress)
@@ -834,6 +862,9 @@ def test_real_ppo_starts_from_the_policy_that_played_at_any_collection_temperatu
             m = trainer.train_policy_real(2, no_progress)
         finally:
             trainer.close()
+        if epochs == 0:
+            assert m == {}
+            continue
         assert m["real_ppo/transitions"] == 96
         assert m["real_ppo/approx_kl"] == pytest.approx(0.0, abs=1e-6)
         assert m["real_ppo/clip_frac"] == 0.0

@@ -108,7 +108,7 @@ class PolicyTrainer:
         self.anchor: torch.nn.Module | None = None
 
     def set_anchor(self) -> None:
-        """Freeze a copy of the policy as it is now (the iteration's start) for `ppo.anchor_kl_coef`."""
+        """Freeze a copy of the policy as it is now (the imagined phase's start) for `ppo.anchor_kl_coef`."""
         if self.cfg.ppo.anchor_kl_coef > 0:
             # A new module with the weights, not a deep copy: that would inherit `compile`, and
             # torch.compile would then keep a graph for every iteration's anchor.

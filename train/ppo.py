@@ -1,4 +1,5 @@
-"""PPO on imagined rollouts: generalized advantage estimation and the clipped losses."""
+"""PPO's maths, for imagined rollouts and real collections alike: generalized advantage estimation
+and the clipped losses."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from dlswm.config import PPOConfig
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, last_value: torch.Tensor, gamma: float,
         lam: float, ends: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns of rollouts cut at a fixed horizon.
+    """Advantages and returns of rollouts cut after T steps (the critic's value stands in for the rest).
 
     rewards, values (T, N); last_value (N,): the critic's estimate after the last step; ends (T, N),
-    optional: step t ended the episode (a life lost), so nothing after it counts toward t's return.
+    optional: step t ended the return (a life lost in imagination, an episode's end in the real
+    game), so nothing after it counts toward t's return.
     """
     T, N = rewards.shape
     assert values.shape == (T, N) and last_value.shape == (N,), (values.shape, last_value.shape)

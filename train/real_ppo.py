@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlswm.config import PPOConfig
 from dlswm.models import System, in_mode
 from dlswm.train.imagine import PolicyTrainer
 from dlswm.train.ppo import gae
@@ -25,8 +26,8 @@ class RealRollout:
     Recorded per step t and env n: the codes the agent read, its logits (the policy PPO optimizes,
     temperature 1), value and action; the reward's sign (imagined rewards are signs, so the critic
     keeps one scale); `ends`, the step ended the episode (or a life, with `life_loss_ends`, as
-    imagination does with the life-loss head), or was an autoreset; `valid`, a real transition (an
-    autoreset step ignores its action and is masked out).
+    imagination does with the life-loss head); `valid`, a real transition: an autoreset step
+    ignores its action, is masked out and, by convention, ends too (nothing flows through it).
     """
 
     def __init__(self, system: System, device: torch.device, temperature: float, seed: int,
@@ -68,38 +69,46 @@ class RealRollout:
 
 def importance_weights(logits: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
     """min(1, p(a) / p_T(a)) (M,): the policy's probability of each action played (logits (M, A))
-    over the one it was drawn with at `temperature`, capped at 1 as V-trace caps its weights."""
+    over the one it was drawn with at `temperature`, capped at 1 (V-trace caps its weights so)."""
     played = actions[:, None]
     log_p = logits.log_softmax(1).gather(1, played).squeeze(1)
     log_p_behaviour = (logits / temperature).log_softmax(1).gather(1, played).squeeze(1)
     return (log_p - log_p_behaviour).exp().clamp(max=1.0)
 
 
-def train_on_real(trainer: PolicyTrainer, batch: dict[str, torch.Tensor], temperature: float,
-                  epochs: int) -> dict[str, float]:
-    """`epochs` PPO passes over one collection's real transitions (`RealRollout.batch`).
+def ppo_inputs(system: System, batch: dict[str, torch.Tensor], cfg: PPOConfig, temperature: float
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One collection's real transitions (`RealRollout.batch`) as `PolicyTrainer.optimize` takes
+    them: the embeddings the policy read (M, D, H, W) and the `ppo_loss` fields of the M valid steps.
 
-    The old policy is the one that played (temperature 1, as PPO optimizes it); the steps were drawn
-    at the collection `temperature`, so each one's policy term is weighted by old / behaviour
-    probability, capped at 1 (1 exactly when the collection plays at temperature 1). With the KL
-    anchor on, it anchors to the old policy here too. The policy runs in fp32, as it played.
+    The old policy is the one that played, at temperature 1 (as PPO optimizes it); the steps were
+    drawn at the collection `temperature`, so each one's policy term carries `importance_weights`
+    (1 exactly when the collection plays at temperature 1). Only the policy term is corrected: the
+    returns (GAE over the reward signs, cut at the episodes' ends) are those of the policy that
+    played, so at a collection temperature above 1 the critic's real targets are a flatter policy's.
+    With the KL anchor on, these steps anchor to the policy that played them.
     """
-    p, system = trainer.cfg.ppo, trainer.system
     T, N = batch["actions"].shape
-    advantages, returns = gae(batch["rewards"], batch["values"], batch["last_value"], p.gamma, p.gae_lambda,
+    advantages, returns = gae(batch["rewards"], batch["values"], batch["last_value"], cfg.gamma, cfg.gae_lambda,
                               ends=batch["ends"])  # (T, N) each
     valid = batch["valid"].reshape(-1)  # (T * N,)
     logits = batch["logits"].reshape(T * N, -1)[valid]  # (M, A)
     actions = batch["actions"].reshape(-1)[valid]  # (M,)
-    log_probs = logits.log_softmax(1).gather(1, actions[:, None]).squeeze(1)  # (M,)
-    b = {"actions": actions, "log_probs": log_probs, "values": batch["values"].reshape(-1)[valid],
-         "advantages": advantages.reshape(-1)[valid], "returns": returns.reshape(-1)[valid],
-         "weights": importance_weights(logits, actions, temperature)}
-    if p.anchor_kl_coef > 0:
+    b = {"actions": actions, "log_probs": logits.log_softmax(1).gather(1, actions[:, None]).squeeze(1),
+         "values": batch["values"].reshape(-1)[valid], "advantages": advantages.reshape(-1)[valid],
+         "returns": returns.reshape(-1)[valid], "weights": importance_weights(logits, actions, temperature)}
+    if cfg.anchor_kl_coef > 0:
         b["anchor_logits"] = logits
     with torch.no_grad():
-        z = system.vqvae.codebook.embed(batch["codes"].reshape(T * N, *batch["codes"].shape[2:])[valid])  # (M, D, H, W)
+        z = system.vqvae.codebook.embed(batch["codes"].flatten(0, 1)[valid])  # (M, D, H, W)
+    return z, b
+
+
+def train_on_real(trainer: PolicyTrainer, batch: dict[str, torch.Tensor], temperature: float,
+                  epochs: int) -> dict[str, float]:
+    """`epochs` PPO passes over one collection's real transitions (`ppo_inputs`), the policy in
+    fp32 as it played; its metrics as `real_ppo/*`."""
+    z, b = ppo_inputs(trainer.system, batch, trainer.cfg.ppo, temperature)
     metrics = trainer.optimize(z, b, epochs, amp=False)
     return {**{f"real_ppo/{k.partition('/')[2]}": v for k, v in metrics.items()},
-            "real_ppo/transitions": float(len(actions)), "real_ppo/weight_mean": b["weights"].mean().item(),
-            "real_ppo/sign_return_per_step": batch["rewards"].reshape(-1)[valid].mean().item()}
+            "real_ppo/transitions": float(len(b["actions"])), "real_ppo/weight_mean": b["weights"].mean().item()}

@@ -121,9 +121,10 @@ class Trainer:
         iteration 1), while the VQ-VAE still codes frames as it did when they were played."""
         if self.real_rollout is None:
             return {}
-        batch, self.real_rollout = self.real_rollout.batch(self.collector.obs), None
+        rollout, self.real_rollout = self.real_rollout, None
         trained = phase(f"{self._tag(it)} policy (real)", 1)
-        metrics = train_on_real(self.policy, batch, self.cfg.policy.collect_temperature, self.cfg.ppo.real_epochs)
+        metrics = train_on_real(self.policy, rollout.batch(self.collector.obs), rollout.temperature,
+                                self.cfg.ppo.real_epochs)
         trained(1)
         return metrics
 
