@@ -67,13 +67,16 @@ class RealRollout:
         return out
 
 
+def log_prob_played(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits) (M, A) at each played action (M,)."""
+    return logits.log_softmax(1).gather(1, actions[:, None]).squeeze(1)
+
+
 def importance_weights(logits: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
     """min(1, p(a) / p_T(a)) (M,): the policy's probability of each action played (logits (M, A))
     over the one it was drawn with at `temperature`, capped at 1 (V-trace caps its weights so)."""
-    played = actions[:, None]
-    log_p = logits.log_softmax(1).gather(1, played).squeeze(1)
-    log_p_behaviour = (logits / temperature).log_softmax(1).gather(1, played).squeeze(1)
-    return (log_p - log_p_behaviour).exp().clamp(max=1.0)
+    log_ratio = log_prob_played(logits, actions) - log_prob_played(logits / temperature, actions)
+    return log_ratio.exp().clamp(max=1.0)
 
 
 def ppo_inputs(system: System, batch: dict[str, torch.Tensor], cfg: PPOConfig, temperature: float
@@ -94,7 +97,7 @@ def ppo_inputs(system: System, batch: dict[str, torch.Tensor], cfg: PPOConfig, t
     valid = batch["valid"].reshape(-1)  # (T * N,)
     logits = batch["logits"].reshape(T * N, -1)[valid]  # (M, A)
     actions = batch["actions"].reshape(-1)[valid]  # (M,)
-    b = {"actions": actions, "log_probs": logits.log_softmax(1).gather(1, actions[:, None]).squeeze(1),
+    b = {"actions": actions, "log_probs": log_prob_played(logits, actions),
          "values": batch["values"].reshape(-1)[valid], "advantages": advantages.reshape(-1)[valid],
          "returns": returns.reshape(-1)[valid], "weights": importance_weights(logits, actions, temperature)}
     if cfg.anchor_kl_coef > 0:
