@@ -312,6 +312,7 @@ def export(
     min_overlap: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Policy overlap with torch (chance of the same sampled action) a variant needs.", show_default="0.97 int8, 0.999 fp32")] = None,
     allow_low_agreement: Annotated[bool, typer.Option("--allow-low-agreement", help="Write variants under the overlap threshold anyway.")] = False,
     equalize: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Before int8, rescale the encoder's activation channels toward equal ranges (SmoothQuant's alpha; 0: off).", show_default="0.5")] = None,
+    two_tailed: Annotated[bool, typer.Option("--two-tailed-calibration", help="onnx int8: cut each activation's range at both tails, not at a percentile of its absolute values.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
     """Write the ~3M-parameter agent (encoder + codebook + policy) for each runtime, with a parity report."""
@@ -328,7 +329,7 @@ def export(
             log.print(message)  # the finished stages stay on screen; the spinner shows the current one
             status.update(message)
 
-        report = export_run(run, out_dir, parse_variants(variants), calibration_frames, force, min_overlap,
+        report = export_run(run, out_dir, parse_variants(variants, two_tailed), calibration_frames, force, min_overlap,
                             allow_low_agreement, progress=progress, formats=parse_formats(formats),
                             **({} if equalize is None else {"equalize_alpha": equalize}))
     console().print(export_table(report))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -47,6 +47,9 @@ class Variant:
     fp32_output_layers: bool = True  # the Conv/Gemm nearest each graph output stays fp32
     calibration: str = "Percentile"  # onnxruntime CalibrationMethod name
     percentile: float = 99.99  # of each activation's absolute values, with Percentile calibration
+    # True: the range is [-t, t] at that percentile of the absolute values, clipped to what the frames
+    # reached (onnxruntime's default). False: (100 - percentile) / 2 percent cut from each tail.
+    percentile_symmetric: bool = True
     min_overlap: float = 0.97  # policy overlap with torch fp32 below which it is not written
     max_fp32_layers: int = 4  # most sensitivity-ranked layers kept fp32 when the plain try misses the gate
 
@@ -73,12 +76,15 @@ VARIANTS = {v.name: v for v in [
 ]}
 
 
-def parse_variants(names: str) -> list[Variant]:
+def parse_variants(names: str, two_tailed: bool = False) -> list[Variant]:
+    """'fp32,int8' -> the variants; `two_tailed` calibrates the quantized ones' Percentile ranges at
+    both tails (`percentile_symmetric` off)."""
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in VARIANTS]
     if unknown or not chosen:
         raise UserError(f"unknown variant '{(unknown or [names])[0]}'; valid variants: {', '.join(VARIANTS)}")
-    return [VARIANTS[n] for n in dict.fromkeys(chosen)]
+    variants = [VARIANTS[n] for n in dict.fromkeys(chosen)]
+    return [replace(v, percentile_symmetric=False) if two_tailed and v.quantized else v for v in variants]
 
 
 class FramesReader(CalibrationDataReader):
@@ -154,7 +160,8 @@ class Quantizer:
                         activation_type=QuantType[v.activation_type], weight_type=QuantType[v.weight_type],
                         nodes_to_exclude=list(dict.fromkeys([*self.always_fp32, *fp32_layers])),
                         calibrate_method=CalibrationMethod[v.calibration],
-                        extra_options={"CalibPercentile": v.percentile}, **self._cached_calibration())
+                        extra_options={"CalibPercentile": v.percentile,
+                                       "CalibTensorRangeSymmetric": v.percentile_symmetric}, **self._cached_calibration())
         return onnx.load_model(str(dst))
 
     def _cached_calibration(self) -> dict:

@@ -242,6 +242,27 @@ def test_export_with_equalization_passes_the_gate_and_says_so(tiny_export, tiny_
     assert any(not np.array_equal(int8_weights[0][k], int8_weights[1][k]) for k in int8_weights[0])
 
 
+def activation_scales(path):
+    """The per-tensor (scalar) scales of a QDQ graph: its activations'; the weights' are per channel."""
+    return {i.name: float(onnx.numpy_helper.to_array(i)) for i in onnx.load(path).graph.initializer
+            if i.name.endswith("_scale") and not i.dims}
+
+
+def test_two_tailed_calibration_reaches_the_quantizer_and_the_card(tiny_export, tiny_run_dir, tmp_path, cli):
+    """`--two-tailed-calibration` cuts each activation's Percentile range at both tails (onnxruntime's
+    CalibTensorRangeSymmetric off). Mutations caught: the flag not passed to onnxruntime (every
+    activation scale as the default export's on the same frames), the card not told (True recorded),
+    the default changed (the fixture's card)."""
+    assert open_agent(tiny_export[0]["int8"]).card.quantization["percentile_symmetric"] is True
+    code, _, err = cli("export", tiny_run_dir, "--out", tmp_path, "--variants", "int8", "--two-tailed-calibration",
+                       "--calibration-frames", "256", "--allow-low-agreement")
+    assert code == 0, err
+    assert open_agent(tmp_path / "pong.int8.onnx").card.quantization["percentile_symmetric"] is False
+    two_tailed, default = activation_scales(tmp_path / "pong.int8.onnx"), activation_scales(tiny_export[0]["int8"])
+    assert two_tailed.keys() == default.keys() and len(default) > 3
+    assert sum(not np.isclose(two_tailed[k], default[k]) for k in default) >= len(default) // 2
+
+
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
     paths, _ = tiny_export
     state = RunState.load(tiny_run_dir)
