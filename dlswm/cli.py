@@ -323,14 +323,18 @@ def export(
     from dlswm.export.variants import parse_variants
     from dlswm.runtime.report import export_table
 
+    chosen_formats, chosen_variants = parse_formats(formats), parse_variants(variants, two_tailed)
+    if two_tailed and not ("onnx" in [f.name for f in chosen_formats] and any(v.quantized for v in chosen_variants)):
+        raise UserError("--two-tailed-calibration sets the onnx format's int8 calibration: "
+                        "export onnx (--formats) and int8 or int8-arm (--variants)")
     log = console(stderr=True)
     with log.status("loading the run") as status:
         def progress(message: str) -> None:
             log.print(message)  # the finished stages stay on screen; the spinner shows the current one
             status.update(message)
 
-        report = export_run(run, out_dir, parse_variants(variants, two_tailed), calibration_frames, force, min_overlap,
-                            allow_low_agreement, progress=progress, formats=parse_formats(formats),
+        report = export_run(run, out_dir, chosen_variants, calibration_frames, force, min_overlap,
+                            allow_low_agreement, progress=progress, formats=chosen_formats,
                             **({} if equalize is None else {"equalize_alpha": equalize}))
     console().print(export_table(report))
     for row in report["variants"]:

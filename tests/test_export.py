@@ -263,6 +263,14 @@ def test_two_tailed_calibration_reaches_the_quantizer_and_the_card(tiny_export, 
     assert sum(not np.isclose(two_tailed[k], default[k]) for k in default) >= len(default) // 2
 
 
+def test_two_tailed_calibration_with_nothing_to_calibrate_is_a_one_line_error(tiny_run_dir, tmp_path, cli):
+    """The flag changes only onnx int8 files: with none to write it would do nothing, silently.
+    Mutation caught: the check dropped (the fp32 file exported, exit 0)."""
+    code, _, err = cli("export", tiny_run_dir, "-o", tmp_path / "out", "--two-tailed-calibration", "--variants", "fp32")
+    assert_one_line_error(code, err, "--two-tailed-calibration")
+    assert not (tmp_path / "out").exists()
+
+
 def test_metadata_round_trips(tiny_export, tiny_run_dir):
     paths, _ = tiny_export
     state = RunState.load(tiny_run_dir)
