@@ -77,6 +77,11 @@ class VQVAEConfig:
     lr: Annotated[float, ABOVE_ZERO] = 1e-4
     warmup_epochs: Annotated[int, NON_NEGATIVE] = 50  # on the first data, at lr * warmup_lr_scale
     warmup_lr_scale: Annotated[float, ABOVE_ZERO] = 10.0
+    # Reconstruction weight of the pixels that changed since the stack's previous frame: each pixel's
+    # log-likelihood is weighted 1 + motion_weight * |x_s - x_(s-1)| (pixels in [0, 1]), renormalized
+    # to mean 1 per sample (0: the article's unweighted likelihood). Small moving objects (a climber's
+    # arms, a falling pot, a ball) otherwise cost the likelihood too little to earn codes.
+    motion_weight: Annotated[float, NON_NEGATIVE] = 0.0
 
 
 @dataclass
@@ -395,6 +400,9 @@ def _check_consistency(cfg: Config) -> None:
         if len(getattr(s, key)) < s.iterations:
             raise UserError(f"config schedule.iterations={s.iterations} but schedule.{key} has "
                             f"{len(getattr(s, key))} entries: give one per iteration")
+    if v.motion_weight > 0 and e.frame_stack < 2:
+        raise UserError(f"config vqvae.motion_weight={v.motion_weight} needs env.frame_stack >= 2: "
+                        "motion is the change between a stack's frames")
     if cfg.ppo.real_epochs > 0 and cfg.policy.collect_temperature == 0:
         raise UserError("config ppo.real_epochs needs policy.collect_temperature > 0: PPO on the real steps "
                         "weighs each by the probability it was drawn with, and a greedy collection has none")

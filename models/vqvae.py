@@ -180,28 +180,50 @@ def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(near_zero, 0.5 + l / 12, -1 / torch.expm1(-safe) - 1 / safe)
 
 
+MOVED = 0.1  # a pixel moved if it changed by more than this (in [0, 1]) since the previous frame
+
+
+def motion_weights(target: torch.Tensor, motion_weight: float) -> torch.Tensor:
+    """Per-pixel weights (B, S, H, W) of a stack in [0, 1]: 1 + motion_weight * |x_s - x_(s-1)|, the
+    first frame weighted by its change to the second, each sample's weights scaled to mean 1 (so the
+    loss keeps its size and only moves weight onto what moved)."""
+    change = (target[:, 1:] - target[:, :-1]).abs()  # (B, S - 1, H, W): frame s against s - 1
+    change = torch.cat([change[:, :1], change], 1)  # (B, S, H, W)
+    w = 1 + motion_weight * change
+    return w / w.mean((1, 2, 3), keepdim=True)
+
+
 def vqvae_loss(out: dict[str, torch.Tensor], frames: torch.Tensor, cfg: VQVAEConfig
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative ELBO per sample (continuous-Bernoulli reconstruction + the constant KL of a uniform
-    prior over K codes per cell) plus the commitment loss. The codebook itself learns by EMA."""
+    prior over K codes per cell) plus the commitment loss; with `cfg.motion_weight` the reconstruction
+    term of the loss weighs each pixel by `motion_weights` (the metrics stay the unweighted ELBO). The
+    codebook itself learns by EMA."""
     B, S, H, W = frames.shape
     assert out["recon_logits"].shape == (B, S, H, W), out["recon_logits"].shape
     target = frames.float() / 255.0
-    recon = -continuous_bernoulli_log_prob(out["recon_logits"], target).sum((1, 2, 3)).mean()
+    log_px = continuous_bernoulli_log_prob(out["recon_logits"], target)  # (B, S, H, W)
+    recon = -log_px.sum((1, 2, 3)).mean()
+    fit = -(motion_weights(target, cfg.motion_weight) * log_px).sum((1, 2, 3)).mean() if cfg.motion_weight else recon
     cells = out["indices"][0].numel()
     kl = cells * math.log(cfg.codebook_size)  # constant: only reported, it has no gradient
     commitment = F.mse_loss(out["z_e"], out["z_q"].detach())
-    loss = recon + cfg.commitment_cost * commitment
+    loss = fit + cfg.commitment_cost * commitment
     usage = torch.bincount(out["indices"].reshape(-1), minlength=cfg.codebook_size).float()
     probs = usage / usage.sum()
     perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
     with torch.no_grad():
-        mse = F.mse_loss(continuous_bernoulli_mean(out["recon_logits"]), target)
-    return loss, {
+        sq_err = (continuous_bernoulli_mean(out["recon_logits"]) - target) ** 2  # (B, S, H, W)
+        # Where the newest frame changed: the small moving objects `motion_weight` is for.
+        moved = (target[:, -1] - target[:, -2]).abs() > MOVED if S > 1 else None  # (B, H, W)
+    metrics = {
         "vqvae/recon_nll": recon.item(),
         "vqvae/neg_elbo": recon.item() + kl,
         "vqvae/commitment": commitment.item(),
-        "vqvae/mse": mse.item(),
+        "vqvae/mse": sq_err.mean().item(),
         "vqvae/perplexity": perplexity.item(),
         "vqvae/codes_used": int((usage > 0).sum().item()),
     }
+    if moved is not None and moved.any():  # absent from a batch where nothing moved
+        metrics["vqvae/moving_mse"] = sq_err[:, -1][moved].mean().item()
+    return loss, metrics

@@ -86,6 +86,16 @@ def test_ppo_on_real_steps_refuses_a_greedy_collection():
     resolve("tiny", "Pong", ["ppo.real_epochs=1", "policy.collect_temperature=0.5"])
 
 
+def test_motion_weight_refuses_a_stack_of_one_frame():
+    """Motion is the change between a stack's frames: with one frame the weights would all be 1 and
+    the option would silently do nothing."""
+    with pytest.raises(UserError, match=re.escape("vqvae.motion_weight=5.0 needs env.frame_stack >= 2")):
+        resolve("tiny", "Pong", ["vqvae.motion_weight=5", "env.frame_stack=1"])
+    resolve("tiny", "Pong", ["vqvae.motion_weight=5", "env.frame_stack=2"])
+    with pytest.raises(UserError, match=re.escape("vqvae.motion_weight=-1.0 is out of range")):
+        resolve("tiny", "Pong", ["vqvae.motion_weight=-1"])
+
+
 def test_every_preset_passes_its_own_range_checks_and_every_numeric_field_has_a_range():
     """Ranges sit beside their fields: a new numeric field written without one fails here, where
     before it was silently unchecked."""

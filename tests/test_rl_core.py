@@ -6,6 +6,7 @@ no emulator. Systems use 32x32 frames (a 2x2 latent grid) where the frame size d
 """
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from dlswm.config import PPOConfig, resolve
 from dlswm.models import System
 from dlswm.models.dynamics import Dynamics, dynamics_loss, sample_categorical
-from dlswm.models.vqvae import Codebook, vqvae_loss
+from dlswm.models.vqvae import Codebook, motion_weights, vqvae_loss
 from dlswm.runtime.play import action_probs, choose
 from dlswm.train import real_env
 from dlswm.train.buffer import ReplayBuffer
@@ -541,6 +542,41 @@ def test_vqvae_loss_on_a_real_forward_is_recon_plus_quarter_commitment():
     recon = -px.log_prob(frames.double() / 255).sum((1, 2, 3)).mean().item()
     assert m["vqvae/recon_nll"] == pytest.approx(recon, rel=1e-5)
     assert loss.item() == pytest.approx(recon + 0.25 * commitment, rel=1e-6, abs=1e-4)
+
+
+def test_motion_weights_on_hand_numbers():
+    """Mutations caught: the change taken along the rows (dim 2) instead of the stack (dim 1); the
+    weights not scaled to mean 1; the first frame left at weight 1 instead of its change to the second.
+    One pixel turns on between frames 0 and 1 and stays on: raw weights 1 + 3 * 1 = 4 there in frames 0
+    and 1, 1 elsewhere; mean (7 + 7 + 4) / 12 = 1.5."""
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 1:, 0, 0] = 1.0
+    w = motion_weights(x, 3.0)
+    expected = torch.full((1, 3, 2, 2), 1 / 1.5)
+    expected[0, :2, 0, 0] = 4 / 1.5
+    torch.testing.assert_close(w, expected)
+    torch.testing.assert_close(motion_weights(x, 0.0), torch.ones_like(x))
+
+
+def test_motion_weight_weighs_the_loss_and_leaves_the_elbo_metrics_unweighted():
+    """Mutations caught: `cfg.motion_weight` ignored by the loss; the weights applied to the reported
+    negative ELBO (whose runs must stay comparable to unweighted ones). loss = -sum(w * log p(x))
+    averaged over samples + 0.25 * commitment, checked against torch's ContinuousBernoulli in fp64."""
+    system = small_system()
+    cfg = system.cfg
+    frames = torch.randint(0, 256, (4, 4, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = system.vqvae.eval()(frames)
+    plain, m_plain = vqvae_loss(out, frames, cfg.vqvae)
+    loss, m = vqvae_loss(out, frames, dataclasses.replace(cfg.vqvae, motion_weight=5.0))
+    x = frames.double() / 255
+    log_px = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"].double()).log_prob(x)
+    fit = -(motion_weights(x, 5.0) * log_px).sum((1, 2, 3)).mean().item()
+    assert loss.item() == pytest.approx(fit + 0.25 * m["vqvae/commitment"], rel=1e-5)
+    assert abs(loss.item() - plain.item()) > 0.1  # 0.92 against 0.39 here
+    assert m["vqvae/recon_nll"] == m_plain["vqvae/recon_nll"] and m["vqvae/neg_elbo"] == m_plain["vqvae/neg_elbo"]
+    moved = (x[:, -1] - x[:, -2]).abs() > 0.1
+    mean = torch.distributions.ContinuousBernoulli(logits=out["recon_logits"][:, -1].double()).mean
+    assert m["vqvae/moving_mse"] == pytest.approx(((mean - x[:, -1]) ** 2)[moved].mean().item(), rel=1e-4)
 
 
 def test_continuous_bernoulli_in_logits_matches_torch_and_hand_numbers():
