@@ -183,13 +183,16 @@ def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
 MOVED = 0.1  # a pixel moved if it changed by more than this (in [0, 1]) since the previous frame
 
 
-def motion_weights(target: torch.Tensor, motion_weight: float) -> torch.Tensor:
-    """Per-pixel weights (B, S, H, W) of a stack in [0, 1]: 1 + motion_weight * |x_s - x_(s-1)|, the
-    first frame weighted by its change to the second, each sample's weights scaled to mean 1 (so the
-    loss keeps its size and only moves weight onto what moved)."""
+def frame_change(target: torch.Tensor) -> torch.Tensor:
+    """|x_s - x_(s-1)| (B, S, H, W) of a stack in [0, 1], the first frame given its change to the second."""
     change = (target[:, 1:] - target[:, :-1]).abs()  # (B, S - 1, H, W): frame s against s - 1
-    change = torch.cat([change[:, :1], change], 1)  # (B, S, H, W)
-    w = 1 + motion_weight * change
+    return torch.cat([change[:, :1], change], 1)  # (B, S, H, W)
+
+
+def motion_weights(target: torch.Tensor, motion_weight: float) -> torch.Tensor:
+    """Per-pixel weights (B, S, H, W) of a stack in [0, 1]: 1 + motion_weight * `frame_change`, each
+    sample's weights scaled to mean 1 (so the loss keeps its size and only moves weight onto what moved)."""
+    w = 1 + motion_weight * frame_change(target)
     return w / w.mean((1, 2, 3), keepdim=True)
 
 
@@ -215,7 +218,7 @@ def vqvae_loss(out: dict[str, torch.Tensor], frames: torch.Tensor, cfg: VQVAECon
     with torch.no_grad():
         sq_err = (continuous_bernoulli_mean(out["recon_logits"]) - target) ** 2  # (B, S, H, W)
         # Where the newest frame changed: the small moving objects `motion_weight` is for.
-        moved = (target[:, -1] - target[:, -2]).abs() > MOVED if S > 1 else None  # (B, H, W)
+        moved = frame_change(target)[:, -1] > MOVED if S > 1 else None  # (B, H, W)
     metrics = {
         "vqvae/recon_nll": recon.item(),
         "vqvae/neg_elbo": recon.item() + kl,

@@ -218,6 +218,11 @@ def test_equalization_keeps_the_function_and_equalizes_what_alpha_says(tiny_run_
     assert all(torch.equal(v, agent.state_dict()[k]) for k, v in before.items())
 
 
+def initializers(path, keep=lambda initializer: True) -> dict[str, np.ndarray]:
+    """The initializers of the ONNX file at `path` that `keep` accepts, by name, as arrays."""
+    return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer if keep(i)}
+
+
 def test_export_with_equalization_passes_the_gate_and_says_so(tiny_export, tiny_run_dir, tmp_path, cli):
     """The default (0.5) and `--equalize 0.25` reach the report and the int8 card; the fp32 file
     keeps the trained weights. Mutations caught: the CLI option not passed on (0.5 recorded), the
@@ -231,21 +236,19 @@ def test_export_with_equalization_passes_the_gate_and_says_so(tiny_export, tiny_
     assert report["equalize_alpha"] == 0.25 and all(row["written"] for row in report["variants"])
     assert report["variants"][0]["policy_overlap"] > 0.999
     assert open_agent(tmp_path / "pong.int8.onnx").card.quantization["equalize_alpha"] == 0.25
-    fp32_weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(tmp_path / "pong.fp32.onnx").graph.initializer}
-    default_fp32 = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(tiny_export[0]["fp32"]).graph.initializer}
+    fp32_weights, default_fp32 = initializers(tmp_path / "pong.fp32.onnx"), initializers(tiny_export[0]["fp32"])
     assert fp32_weights.keys() == default_fp32.keys()
     assert all(np.array_equal(fp32_weights[k], default_fp32[k]) for k in fp32_weights)  # trained, not equalized
     # int8 weights depend on no calibration frame: they differ only if each int8 starts from its alpha's agent
-    int8_weights = [{i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer
-                     if i.data_type == onnx.TensorProto.INT8} for path in (tmp_path / "pong.int8.onnx", tiny_export[0]["int8"])]
+    int8_weights = [initializers(path, lambda i: i.data_type == onnx.TensorProto.INT8)
+                    for path in (tmp_path / "pong.int8.onnx", tiny_export[0]["int8"])]
     assert int8_weights[0].keys() == int8_weights[1].keys()
     assert any(not np.array_equal(int8_weights[0][k], int8_weights[1][k]) for k in int8_weights[0])
 
 
 def activation_scales(path):
     """The per-tensor (scalar) scales of a QDQ graph: its activations'; the weights' are per channel."""
-    return {i.name: float(onnx.numpy_helper.to_array(i)) for i in onnx.load(path).graph.initializer
-            if i.name.endswith("_scale") and not i.dims}
+    return {k: float(v) for k, v in initializers(path, lambda i: i.name.endswith("_scale") and not i.dims).items()}
 
 
 def test_two_tailed_calibration_reaches_the_quantizer_and_the_card(tiny_export, tiny_run_dir, tmp_path, cli):
