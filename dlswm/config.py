@@ -241,6 +241,24 @@ def rename_keys(data: dict[str, typing.Any]) -> dict[str, typing.Any]:
     return data
 
 
+def split_unknown_keys(data: dict[str, typing.Any], cls: type | None = None) -> tuple[dict[str, typing.Any], list[str]]:
+    """A saved config without the keys this dlswm does not know (after `RENAMED_KEYS`), and those
+    keys, dotted. For readers that need only part of a config from a newer dlswm (a model card on a
+    board whose runtime is older than the trainer); everything else reads with `Config.from_dict`."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    known, unknown = {}, []
+    for name, value in (rename_keys(data) if cls is Config else data).items():
+        if name not in hints:
+            unknown.append(name)
+        elif dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            known[name], inner = split_unknown_keys(value, hints[name])
+            unknown += [f"{name}.{key}" for key in inner]
+        else:
+            known[name] = value
+    return known, sorted(unknown)
+
+
 def _from_dict(cls: type, data: dict[str, typing.Any], prefix: str) -> typing.Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dlswm.config import EnvConfig
+from dlswm.config import EnvConfig, split_unknown_keys
 from dlswm.errors import UserError
 
 FORMAT_VERSION = 1
@@ -68,6 +68,9 @@ class ModelCard:
             env_known = {f.name for f in fields(EnvConfig)}
             extra += [f"env.{k}" for k in sorted(set(data["env"]) - env_known)]
             data["env"] = {k: v for k, v in data["env"].items() if k in env_known}
+        if isinstance(data.get("config"), dict):  # training options added since: no use to a player
+            data["config"], config_extra = split_unknown_keys(data["config"])
+            extra += [f"config.{k}" for k in config_extra if not k.startswith("env.")]
         if extra:
             print(f"warning: {source}: ignoring model card fields this dlswm does not know: {', '.join(extra)}",
                   file=sys.stderr)

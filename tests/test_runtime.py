@@ -314,16 +314,20 @@ def test_bad_models_give_one_line_errors(bad_models, case, words, command):
     assert result.stderr.startswith("error: ") and words in result.stderr
 
 
-def test_a_card_from_a_newer_dlswm_with_an_extra_env_field_plays_with_a_warning(tiny_export, tmp_path):
+def test_a_card_from_a_newer_dlswm_with_extra_fields_plays_with_a_warning(tiny_export, tmp_path):
+    """A board's runtime is often older than the trainer: a training option added since (here
+    `ppo.future_option`; `ppo.real_epochs` was refused so) must not stop it playing."""
     good = onnx.load(tiny_export[0]["int8"])
     card = json.loads(good.metadata_props[0].value)
+    config = {**card["config"], "ppo": {**card["config"]["ppo"], "future_option": 3}, "future_section": {"x": 1}}
     onnx.helper.set_model_props(good, {METADATA_KEY: json.dumps({**card, "env": {**card["env"], "sticky_seed": 1},
-                                                                 "made_by": "dlswm 9.1"})})
+                                                                 "made_by": "dlswm 9.1", "config": config})})
     newer = tmp_path / "newer-minor.onnx"
     onnx.save(good, newer)
     result = dlswm("play", newer, "--max-steps", 5)
     assert result.returncode == 0, result.stderr
     assert "warning: " in result.stderr and "env.sticky_seed" in result.stderr and "made_by" in result.stderr
+    assert "config.ppo.future_option" in result.stderr and "config.future_section" in result.stderr
 
 
 @pytest.mark.parametrize("args, words", [
