@@ -241,11 +241,11 @@ def rename_keys(data: dict[str, typing.Any]) -> dict[str, typing.Any]:
     return data
 
 
-def split_unknown_keys(data: dict[str, typing.Any], cls: type | None = None) -> tuple[dict[str, typing.Any], list[str]]:
-    """A saved config without the keys this dlswm does not know (after `RENAMED_KEYS`), and those
-    keys, dotted. For readers that need only part of a config from a newer dlswm (a model card on a
-    board whose runtime is older than the trainer); everything else reads with `Config.from_dict`."""
-    cls = cls or Config
+def split_unknown_keys(data: dict[str, typing.Any], cls: type = Config) -> tuple[dict[str, typing.Any], list[str]]:
+    """A saved config (or one section of it, `cls`) without the keys this dlswm does not know, and
+    those keys, dotted; a whole config's renamed keys (`RENAMED_KEYS`) are known. For readers that need
+    only part of a config from a newer dlswm (a model card on a board whose runtime is older than the
+    trainer); everything else reads with `Config.from_dict`, which refuses unknown keys."""
     hints = typing.get_type_hints(cls)
     known, unknown = {}, []
     for name, value in (rename_keys(data) if cls is Config else data).items():

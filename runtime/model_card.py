@@ -65,11 +65,11 @@ class ModelCard:
         known = {f.name for f in fields(cls)}
         extra = sorted(set(data) - known)
         if isinstance(data.get("env"), dict):
-            env_known = {f.name for f in fields(EnvConfig)}
-            extra += [f"env.{k}" for k in sorted(set(data["env"]) - env_known)]
-            data["env"] = {k: v for k, v in data["env"].items() if k in env_known}
+            data["env"], env_extra = split_unknown_keys(data["env"], EnvConfig)
+            extra += [f"env.{k}" for k in env_extra]
         if isinstance(data.get("config"), dict):  # training options added since: no use to a player
             data["config"], config_extra = split_unknown_keys(data["config"])
+            # The config's env is the card's env (`check` reads it from there): named once, above.
             extra += [f"config.{k}" for k in config_extra if not k.startswith("env.")]
         if extra:
             print(f"warning: {source}: ignoring model card fields this dlswm does not know: {', '.join(extra)}",
