@@ -130,3 +130,30 @@ def test_buffer_keeps_obs_action_reward_alignment_across_episode_ends_and_chunks
     assert boundaries[1][2].all() == (first_steps == 50)  # both envs reset as the second chunk starts
     assert len(context) == (6 if first_steps == 40 else 0)
     assert not np.isin(context, starts).any() and not np.isin(buffer.sample(rng, 1000), context).any()
+
+
+def test_recent_fraction_draws_that_share_from_the_newest_chunk_and_nothing_else_changes(real_chunk):
+    """`schedule.recent_fraction`: with three chunks, 0.25 of 64 draws is exactly 16 from the third
+    (the newest) chunk, the other 48 uniform over all three; at 0, and with one chunk, the draws are the
+    uniform ones the buffer made before the option existed. Mutations caught: the newest chunk's
+    boundary taken from the first chunk (`_chunk_ends[0]`), the fraction ignored or applied to
+    the whole batch, the default path drawing a different stream (runs would not reproduce)."""
+    cfg, chunk, _ = real_chunk
+    buffer = ReplayBuffer(cfg.env.frame_stack)
+    buffer.add_chunk(chunk)
+    starts = buffer.sequence_starts(cfg.dynamics.seq_len)
+    one = buffer.sample_starts(starts, 64, np.random.default_rng(0), 0.5)
+    np.testing.assert_array_equal(one, np.random.default_rng(0).choice(starts, 64))  # one chunk: uniform
+    buffer.add_chunk(chunk)
+    buffer.add_chunk(chunk)
+    starts, boundary = buffer.sequence_starts(cfg.dynamics.seq_len), 2 * len(chunk["actions"])
+    np.testing.assert_array_equal(buffer.sample_starts(starts, 64, np.random.default_rng(1)),
+                                  np.random.default_rng(1).choice(starts, 64))
+    np.testing.assert_array_equal(buffer.sample(np.random.default_rng(1), 64),
+                                  np.random.default_rng(1).choice(buffer.sample_idx, 64))
+    drawn = np.concatenate([buffer.sample_starts(starts, 64, np.random.default_rng(s), 0.25) for s in range(50)])
+    assert np.isin(drawn, starts).all()
+    per_batch_recent = (drawn.reshape(50, 64) >= boundary).sum(1)
+    assert (drawn.reshape(50, 64)[:, :16] >= boundary).all()  # the newest chunk's share
+    # The rest uniform over three chunks of equal size: about a third of the 48 from the newest.
+    assert 16 + 12 < per_batch_recent.mean() < 16 + 20

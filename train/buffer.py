@@ -73,9 +73,9 @@ class ReplayBuffer:
         context = self.done & ~np.append(self.first[1:], True)
         self.sample_idx = np.flatnonzero(~context)
 
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """n entry indices drawn uniformly from the observations (context entries excluded)."""
-        return self.sample_idx[rng.integers(0, len(self.sample_idx), n)]
+    def sample(self, rng: np.random.Generator, n: int, recent_fraction: float = 0.0) -> np.ndarray:
+        """n entry indices of observations (context entries excluded), as `sample_starts` draws them."""
+        return self.sample_starts(self.sample_idx, n, rng, recent_fraction)
 
     def _stack_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frame rows (n, S) of each stacked observation, and which of them lie inside its episode."""
@@ -127,6 +127,17 @@ class ReplayBuffer:
         # A window may end on a `done` entry but not contain one before its last position.
         blocked = np.convolve(self.done[:-1].astype(np.int64), np.ones(length - 1, np.int64), "valid") > 0
         return np.flatnonzero(~blocked)
+
+    def sample_starts(self, starts: np.ndarray, n: int, rng: np.random.Generator,
+                      recent_fraction: float = 0.0) -> np.ndarray:
+        """n of `starts` (from `sequence_starts`): round(n * recent_fraction) of them from the newest
+        chunk, the rest uniform over all; uniform alone while the buffer holds one chunk."""
+        recent = starts[starts >= self._chunk_ends[-2]] if len(self.chunks) > 1 else starts[:0]
+        n_recent = round(n * recent_fraction) if len(recent) else 0
+        uniform = starts[rng.integers(0, len(starts), n - n_recent)]
+        if n_recent == 0:  # the same draws as before the option existed
+            return uniform
+        return np.concatenate([recent[rng.integers(0, len(recent), n_recent)], uniform])
 
     def sequences(self, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
         """Windows of `length` steps: obs (B, T, S, H, W), actions/rewards/first/life_lost (B, T)."""

@@ -23,7 +23,8 @@ def start_context(buffer: ReplayBuffer, cfg: Config, n: int, rng: np.random.Gene
     """n real windows of `teacher_forcing_steps` observations: the dynamics model reads them as it
     does in training before the rollouts go on from the last one."""
     length = cfg.dynamics.teacher_forcing_steps
-    seq = buffer.sequence_tensors(rng.choice(buffer.sequence_starts(length), n), length, device)
+    starts = buffer.sample_starts(buffer.sequence_starts(length), n, rng, cfg.schedule.recent_fraction)
+    seq = buffer.sequence_tensors(starts, length, device)
     return {k: seq[k] for k in ("obs", "actions", "first")}
 
 

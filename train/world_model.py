@@ -35,7 +35,7 @@ class WorldModelTrainer:
         ])
 
     def _frames(self, buffer: ReplayBuffer, rng: np.random.Generator, n: int) -> torch.Tensor:
-        return buffer.observation_tensor(buffer.sample(rng, n), self.device)
+        return buffer.observation_tensor(buffer.sample(rng, n, self.cfg.schedule.recent_fraction), self.device)
 
     def _vqvae_loss(self, buffer: ReplayBuffer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         frames = self._frames(buffer, rng, self.cfg.vqvae.batch_size)  # (B, S, H, W)
@@ -124,7 +124,8 @@ class WorldModelTrainer:
         n_batches = self.batches(buffer, epochs) if n_batches is None else n_batches
         t0 = time.perf_counter()
         for i in range(n_batches):
-            seq = buffer.sequence_tensors(rng.choice(starts, d.batch_size), d.seq_len, self.device)
+            idx = buffer.sample_starts(starts, d.batch_size, rng, self.cfg.schedule.recent_fraction)
+            seq = buffer.sequence_tensors(idx, d.seq_len, self.device)
             with self.speed.autocast():
                 loss, m = self._dynamics_loss(seq)
             if i % d.vqvae_every == 0:
