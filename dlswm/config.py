@@ -166,10 +166,10 @@ class ScheduleConfig:
     # The collection envs run on across iterations (the released code's one env): episodes longer
     # than an iteration's steps / collect_envs continue, so the buffer reaches deep into the game.
     persistent_envs: bool = True
-    # Share of every sampled batch (world-model windows and imagined start states) drawn from the
-    # newest collection, the rest uniform over the buffer (0: uniform, the article's). The policy's
-    # own newest states (CrazyClimber's higher floors) are otherwise a small slice of a buffer that
-    # iteration 1's random play dominates.
+    # Share of every sampled batch (the world model's windows, the VQ-VAE's frames, the imagined
+    # rollouts' start states) drawn from the newest collection, the rest uniform over the buffer
+    # (0: uniform, the article's): the policy's newest states are otherwise a small slice of a
+    # buffer that iteration 1's random play dominates (docs/experiments.md).
     recent_fraction: Annotated[float, UNIT] = 0.0
 
 

@@ -130,8 +130,8 @@ class ReplayBuffer:
 
     def sample_starts(self, starts: np.ndarray, n: int, rng: np.random.Generator,
                       recent_fraction: float = 0.0) -> np.ndarray:
-        """n of `starts` (from `sequence_starts`): round(n * recent_fraction) of them from the newest
-        chunk, the rest uniform over all; uniform alone while the buffer holds one chunk."""
+        """n of `starts` (window starts, or observation entries): round(n * recent_fraction) of them
+        from the newest chunk, the rest uniform over all; all uniform while the buffer holds one chunk."""
         recent = starts[starts >= self._chunk_ends[-2]] if len(self.chunks) > 1 else starts[:0]
         n_recent = round(n * recent_fraction) if len(recent) else 0
         uniform = starts[rng.integers(0, len(starts), n - n_recent)]
