@@ -132,7 +132,8 @@ class ReplayBuffer:
                       recent_fraction: float = 0.0) -> np.ndarray:
         """n of `starts` (window starts, or observation entries): round(n * recent_fraction) of them
         from the newest chunk, the rest uniform over all; all uniform while the buffer holds one chunk."""
-        recent = starts[starts >= self._chunk_ends[-2]] if len(self.chunks) > 1 else starts[:0]
+        # The newest chunk's starts, looked up only when asked for (at 0 a batch costs what it did).
+        recent = starts[starts >= self._chunk_ends[-2]] if recent_fraction and len(self.chunks) > 1 else starts[:0]
         n_recent = round(n * recent_fraction) if len(recent) else 0
         uniform = starts[rng.integers(0, len(starts), n - n_recent)]
         if n_recent == 0:  # the same draws as before the option existed
