@@ -80,7 +80,7 @@ def main() -> None:
     buffer = ReplayBuffer.load(args.data / "buffer", args.chunks, cfg.env.frame_stack)
     C, H = cfg.dynamics.teacher_forcing_steps, args.horizon
     starts = buffer.sequence_starts(C + H)
-    starts = starts[starts >= buffer._chunk_ends[-2]]  # the newest chunk only
+    starts = starts[starts >= buffer.newest_chunk_start]  # the newest chunk only
     rng = np.random.default_rng(args.seed)
     starts = np.sort(rng.choice(starts, min(args.states, len(starts)), replace=False))
     seq = buffer.sequence_tensors(starts, C + H, torch.device("cpu"))

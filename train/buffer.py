@@ -128,12 +128,17 @@ class ReplayBuffer:
         blocked = np.convolve(self.done[:-1].astype(np.int64), np.ones(length - 1, np.int64), "valid") > 0
         return np.flatnonzero(~blocked)
 
+    @property
+    def newest_chunk_start(self) -> int:
+        """Entry index where the newest collection's chunk begins (0 while there is one chunk)."""
+        return int(self._chunk_ends[-2]) if len(self.chunks) > 1 else 0
+
     def sample_starts(self, starts: np.ndarray, n: int, rng: np.random.Generator,
                       recent_fraction: float = 0.0) -> np.ndarray:
         """n of `starts` (window starts, or observation entries): round(n * recent_fraction) of them
         from the newest chunk, the rest uniform over all; all uniform while the buffer holds one chunk."""
         # The newest chunk's starts, looked up only when asked for (at 0 a batch costs what it did).
-        recent = starts[starts >= self._chunk_ends[-2]] if recent_fraction and len(self.chunks) > 1 else starts[:0]
+        recent = starts[starts >= self.newest_chunk_start] if recent_fraction and len(self.chunks) > 1 else starts[:0]
         n_recent = round(n * recent_fraction) if len(recent) else 0
         uniform = starts[rng.integers(0, len(starts), n - n_recent)]
         if n_recent == 0:  # the same draws as before the option existed
