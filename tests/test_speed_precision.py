@@ -2,6 +2,7 @@
 torch.compile against eager, and where each is chosen."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,29 @@ def test_compiled_dynamics_and_policy_give_the_eager_outputs():
         for p in compiled.policy.parameters():
             p.zero_()
         assert trainer.anchor(z)[0].abs().max() > 0
+
+
+def test_bf16_counts_as_native_on_a_cpu_only_where_its_flags_name_bf16_hardware(tmp_path):
+    """Catches trusting oneDNN's check alone: it says yes on Ice Lake / Cascade Lake Xeons (AVX512-BW,
+    no bf16 instructions), where emulated bf16 trained 2-3x slower than fp32 (docs/performance.md);
+    and catches reading the wrong line of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
+    from dlswm.train.speed import bf16_native_cpu, cpu_flags
+
+    def cpuinfo(text: str):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        return cpu_flags(path)
+
+    ice_lake = cpuinfo("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\n"
+                       "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_vbmi2\n\n")
+    zen4 = cpuinfo("flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16\n")
+    sapphire_rapids = cpuinfo("flags\t\t: fpu avx512f avx512bw amx_bf16 amx_tile amx_int8\n")
+    graviton3 = cpuinfo("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert "avx512bw" in ice_lake and "bf16" in graviton3
+    assert not bf16_native_cpu(True, ice_lake)
+    assert bf16_native_cpu(True, zen4) and bf16_native_cpu(True, sapphire_rapids) and bf16_native_cpu(True, graviton3)
+    assert not bf16_native_cpu(False, zen4)  # oneDNN without bf16 kernels: no
+    unreadable = cpu_flags(tmp_path / "absent")
+    assert unreadable == frozenset() and bf16_native_cpu(True, unreadable) and not bf16_native_cpu(False, unreadable)
+    if Path("/proc/cpuinfo").exists():  # the real file parses (x86 and Arm Linux both list flags)
+        assert cpu_flags()

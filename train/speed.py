@@ -8,6 +8,7 @@ and `dlswm profile` print it at start (`Speed.describe`), and each is a config v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -16,12 +17,37 @@ from dlswm.config import Config
 from dlswm.train.buffer import ReplayBuffer
 
 
+# CPU flags (Linux's names) of bf16 arithmetic in hardware: x86 AVX512-BF16 and AMX, Arm's BF16.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (x86 `flags`, Arm `Features`); empty where the
+    file is absent (macOS, Windows) or lists none."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return frozenset()
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def bf16_native_cpu(onednn_bf16: bool, flags: frozenset[str]) -> bool:
+    """oneDNN's own check also says yes on AVX512-BW without bf16 instructions (Ice Lake and
+    Cascade Lake Xeons), where it emulates bf16 and trains 2-3x slower than fp32: so where the CPU's
+    flags can be read, they must name bf16 hardware; where they cannot, oneDNN's answer stands."""
+    return onednn_bf16 and (not flags or bool(flags & BF16_CPU_FLAGS))
+
+
 def bf16_native(device: torch.device) -> bool:
-    """bf16 at full speed: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (oneDNN's check).
+    """bf16 at full speed: CUDA GPUs from Ampere on, CPUs with AVX512-BF16, AMX or Arm BF16.
     Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and bf16_native_cpu(torch.ops.mkldnn._is_mkldnn_bf16_supported(), cpu_flags())
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
