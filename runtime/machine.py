@@ -19,10 +19,10 @@ KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_v
                 "asimd", "asimddp", "i8mm", "sve")
 
 
-def _cpuinfo() -> dict[str, str]:
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     info: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in path.read_text().splitlines():
             key, sep, value = line.partition(":")
             if sep and key.strip() not in info:
                 info[key.strip()] = value.strip()
@@ -31,9 +31,18 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def _flags(info: dict[str, str]) -> frozenset[str]:
+    return frozenset((info.get("flags") or info.get("Features") or "").split())  # x86 / Arm Linux
+
+
+def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; empty where the file is absent (macOS, Windows)."""
+    return _flags(_cpuinfo(path))
+
+
 def machine() -> dict[str, object]:
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = _flags(info)
     model = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
     return {"hostname": socket.gethostname(), "cpu": model, "arch": platform.machine(),
             "cores": os.cpu_count(), "flags": [f for f in KERNEL_FLAGS if f in flags],

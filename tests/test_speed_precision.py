@@ -215,7 +215,8 @@ def test_bf16_counts_as_native_on_a_cpu_only_where_its_flags_name_bf16_hardware(
     """Catches trusting oneDNN's check alone: it says yes on Ice Lake / Cascade Lake Xeons (AVX512-BW,
     no bf16 instructions), where emulated bf16 trained 2-3x slower than fp32 (docs/performance.md);
     and catches reading the wrong line of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
-    from dlswm.train.speed import bf16_native_cpu, cpu_flags
+    from dlswm.runtime.machine import cpu_flags
+    from dlswm.train.speed import bf16_native_cpu
 
     def cpuinfo(text: str):
         path = tmp_path / "cpuinfo"

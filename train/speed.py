@@ -8,31 +8,17 @@ and `dlswm profile` print it at start (`Speed.describe`), and each is a config v
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from dlswm.config import Config
+from dlswm.runtime.machine import cpu_flags
 from dlswm.train.buffer import ReplayBuffer
 
 
 # CPU flags (Linux's names) of bf16 arithmetic in hardware: x86 AVX512-BF16 and AMX, Arm's BF16.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (x86 `flags`, Arm `Features`); empty where the
-    file is absent (macOS, Windows) or lists none."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return frozenset()
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def bf16_native_cpu(onednn_bf16: bool, flags: frozenset[str]) -> bool:
