@@ -213,7 +213,7 @@ def test_compiled_dynamics_and_policy_give_the_eager_outputs():
 
 def test_bf16_counts_as_native_on_a_cpu_only_where_its_flags_name_bf16_hardware(tmp_path):
     """Catches trusting oneDNN's check alone: it says yes on Ice Lake / Cascade Lake Xeons (AVX512-BW,
-    no bf16 instructions), where emulated bf16 trained 2-3x slower than fp32 (docs/performance.md);
+    no bf16 instructions), where emulated bf16 trains slower than fp32 (docs/performance.md);
     and catches reading the wrong line of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
     from dlswm.runtime.machine import cpu_flags
     from dlswm.train.speed import bf16_native_cpu

@@ -23,8 +23,8 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 def bf16_native_cpu(onednn_bf16: bool, flags: frozenset[str]) -> bool:
     """oneDNN's own check also says yes on AVX512-BW without bf16 instructions (Ice Lake and
-    Cascade Lake Xeons), where it emulates bf16 and trains 2-3x slower than fp32: so where the CPU's
-    flags can be read, they must name bf16 hardware; where they cannot, oneDNN's answer stands."""
+    Cascade Lake Xeons), where it emulates bf16, slower than fp32 (docs/performance.md): so where the
+    CPU's flags can be read, they must name bf16 hardware; where they cannot, oneDNN's answer stands."""
     return onednn_bf16 and (not flags or bool(flags & BF16_CPU_FLAGS))
 
 
